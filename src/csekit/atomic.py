@@ -1,0 +1,19 @@
+"""Writes that appear whole or not at all: a reader (or a resumed run) never sees half a file."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+
+def replace_dir(source: Path, target: Path) -> None:
+    """Move the finished folder ``source`` to ``target``, replacing an old one with two renames."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,23 @@
+"""Dynamic padding: pad a list of tokenized examples to the longest one in the batch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor
+
+
+def pad_batch(examples: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int) -> dict[str, Tensor]:
+    """Right-pad ``input_ids`` (with ``pad_token_id``) and every other field (with 0) to one length.
+
+    Returns int64 tensors of shape (B, T) where T is the longest example, never a fixed max length:
+    short batches stay short.
+    """
+    longest = max(len(example["input_ids"]) for example in examples)
+    batch: dict[str, Tensor] = {}
+    for key in examples[0]:
+        fill = pad_token_id if key == "input_ids" else 0
+        rows = [list(example[key]) + [fill] * (longest - len(example[key])) for example in examples]
+        batch[key] = torch.tensor(rows, dtype=torch.long)  # (B, T)
+    return batch

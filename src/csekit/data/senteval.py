@@ -1,0 +1,106 @@
+"""SentEval's ``downstream/`` evaluation data: where it is, whether it is intact, how to get it.
+
+The folder layout is the one SentEval's ``get_transfer_data.bash`` writes (and SimCSE's
+``data/download_senteval.sh`` unpacks): ``STS/STS12-en-test/STS.input.MSRpar.txt``, ...,
+``SICK/SICK_test_annotated.txt``. Every file a task reads is checked against the sha256 in
+``senteval_manifest.json`` before use, so a truncated download or an edited file cannot silently
+change a published number.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import urllib.request
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+from csekit.atomic import replace_dir
+from csekit.errors import CsekitError
+
+#: The processed SentEval data SimCSE's download script fetches (a tar with a ``downstream/`` folder).
+DEFAULT_URL = "https://huggingface.co/datasets/princeton-nlp/datasets-for-simcse/resolve/main/senteval.tar"
+ENV_VAR = "CSEKIT_DATA"
+DEFAULT_DIR = Path("~/.cache/csekit/senteval/downstream").expanduser()
+HOW_TO_GET = (
+    f"pass --data-dir or set {ENV_VAR} to SentEval's downstream/ folder, "
+    "or download it with `csekit data fetch`"
+)
+
+
+@cache
+def manifest() -> dict[str, dict]:
+    """Relative path -> {"sha256", "bytes"} for every evaluation file csekit reads."""
+    return json.loads((Path(__file__).with_name("senteval_manifest.json")).read_text(encoding="utf-8"))
+
+
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
+    """The downstream/ folder: the argument, else ``$CSEKIT_DATA``, else the fetch default."""
+    chosen = data_dir or os.environ.get(ENV_VAR)
+    if chosen is None:
+        if DEFAULT_DIR.is_dir():
+            return DEFAULT_DIR
+        raise CsekitError(f"no evaluation data found: {HOW_TO_GET}")
+    path = Path(chosen).expanduser()
+    if not path.is_dir():
+        raise CsekitError(f"evaluation data folder {str(path)!r} does not exist: {HOW_TO_GET}")
+    return path
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_files(data_dir: Path, relative_paths: Iterable[str]) -> None:
+    """Refuse a missing or altered file, naming it, what was expected, and how to get the data."""
+    expected = manifest()
+    for relative in relative_paths:
+        path = data_dir / relative
+        entry = expected[relative]
+        if not path.is_file():
+            raise CsekitError(f"missing evaluation file {path}: {HOW_TO_GET}")
+        size = path.stat().st_size
+        if size != entry["bytes"] or sha256_of(path) != entry["sha256"]:
+            raise CsekitError(
+                f"evaluation file {path} is altered or truncated (expected {entry['bytes']} bytes, "
+                f"sha256 {entry['sha256'][:12]}…; found {size} bytes): fetch it again with `csekit data fetch`"
+            )
+
+
+def fetch(dest: str | os.PathLike | None = None, *, url: str = DEFAULT_URL) -> Path:
+    """Download and unpack the SentEval data, verify every file, and return the downstream/ folder.
+
+    ``dest`` is the folder that will hold ``downstream/`` (default ``~/.cache/csekit/senteval``).
+    The data is unpacked into a temporary folder and moved into place only once it verifies.
+    """
+    dest_root = Path(dest).expanduser() if dest else DEFAULT_DIR.parent
+    dest_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest_root, prefix=".fetch-") as scratch:
+        archive = Path(scratch) / "senteval.tar"
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
+                shutil.copyfileobj(response, out)
+        except OSError as error:
+            raise CsekitError(f"cannot download {url}: {error}") from None
+        unpacked = Path(scratch) / "unpacked"
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(unpacked, filter="data")  # refuses absolute paths and links out of the folder
+        except (tarfile.TarError, OSError) as error:
+            raise CsekitError(f"{url} is not a readable tar archive: {error}") from None
+        found = [p for p in unpacked.rglob("downstream") if p.is_dir()]
+        if not found:
+            raise CsekitError(f"{url} has no downstream/ folder: is it SentEval's data?")
+        verify_files(found[0], manifest())
+        target = dest_root / "downstream"
+        replace_dir(found[0], target)
+    return target
