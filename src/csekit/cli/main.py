@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from csekit import __version__
-from csekit.cli import data, eval
+from csekit.cli import data, eval, train
 from csekit.errors import CsekitError
 
-COMMANDS = {"eval": eval, "data": data}
+COMMANDS = {"train": train, "eval": eval, "data": data}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,3 +21,20 @@ def pad_batch(examples: Sequence[Mapping[str, Sequence[int]]], pad_token_id: int
         rows = [list(example[key]) + [fill] * (longest - len(example[key])) for example in examples]
         batch[key] = torch.tensor(rows, dtype=torch.long)  # (B, T)
     return batch
+
+
+def concat_fields(fields: Sequence[Mapping[str, Tensor]], pad_token_id: int) -> dict[str, Tensor]:
+    """Stack tokenized fields row-wise into one batch, so the encoder runs once over all of them.
+
+    Fields of B rows and lengths T1, T2, ... become one (len(fields) * B, max T) batch: one forward
+    pass, as SimCSE's ``cl_forward`` does with its (B, num_sent, T) input.
+    """
+    longest = max(field["input_ids"].shape[1] for field in fields)
+    stacked: dict[str, Tensor] = {}
+    for key in fields[0]:
+        fill = pad_token_id if key == "input_ids" else 0
+        padded = [
+            torch.nn.functional.pad(field[key], (0, longest - field[key].shape[1]), value=fill) for field in fields
+        ]
+        stacked[key] = torch.cat(padded)  # (F * B, T)
+    return stacked

@@ -1,0 +1,51 @@
+"""``csekit train RECIPE.yaml [--set key=value ...] [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+
+from csekit.training.config import TrainConfig
+
+
+def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
+    parser = commands.add_parser(name, help="train a sentence encoder from a YAML recipe")
+    parser.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a recipe key, e.g. --set model=bert-base-uncased (repeatable)")  # fmt: skip
+    parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    parser.add_argument("--compare-sts", action="store_true",
+                        help="afterwards, print the STS test table of the starting model beside the trained one")  # fmt: skip
+    parser.add_argument("--help-keys", action="store_true", help="list every recipe key with its default")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.help_keys:
+        print(TrainConfig.describe())
+        return 0
+    if not args.recipe:
+        raise SystemExit("csekit train: a recipe is required (see recipes/)")
+    from csekit.training.trainer import train
+
+    config = TrainConfig.from_yaml(args.recipe, args.overrides)
+    result = train(config, resume=args.resume)
+    if result.best_metric is not None:
+        print(f"best dev {config.eval_tasks} {result.best_metric:.2f} at step {result.best_step}")
+    print(f"{result.steps} steps, {result.examples_per_second:.1f} examples/s; models in {result.output_dir}/best "
+          f"and {result.output_dir}/final")  # fmt: skip
+    if args.compare_sts:
+        compare_sts(config.model, config.pooler, str(result.output_dir / "best"), data_dir=config.data_dir)
+    return 0
+
+
+def compare_sts(start: str, start_pooler: str, trained: str, *, data_dir: str | None) -> None:
+    """The seven-task STS test table of the starting model and the trained one, side by side."""
+    from csekit.evaluation.sts import TASKS, TITLES, STSEvaluator
+    from csekit.models import load_encoder
+
+    evaluator = STSEvaluator(TASKS, mode="test", data_dir=data_dir)
+    before = evaluator.evaluate(load_encoder(start, pooler=start_pooler))
+    after = evaluator.evaluate(load_encoder(trained))
+    print(f"{'STS test':<8} {'before':>8} {'after':>8}")
+    for task in (*TASKS, "avg"):
+        print(f"{TITLES.get(task, task):<8} {before[task]:8.2f} {after[task]:8.2f}")

@@ -1,0 +1,244 @@
+"""Deterministic, resumable training batches: text files in, padded tensor batches out.
+
+The order of the batches is a pure function of ``(seed, epoch)``, so a run resumed after ``k``
+steps that asks for ``skip=k`` sees exactly the batches the uninterrupted run would have seen.
+
+Two modes:
+
+- in memory (default): every example is read once and each column tokenized once up front, so a
+  training step does no text work. Token ids are kept as flat int32 tensors (Python lists of ints
+  cost ~9x more: wiki1m would need gigabytes).
+- streaming (``streaming=True``): the files are read again every epoch through a seeded shuffle
+  buffer, and only the examples of each batch are tokenized. For corpora larger than memory.
+
+Distributed training: each global batch has ``batch_size * world_size`` examples and rank ``r``
+takes rows ``[r * batch_size, (r + 1) * batch_size)`` of it, so the ranks together see exactly the
+batch a single process with ``batch_size * world_size`` would see, in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import random
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from csekit.data.collate import pad_batch
+from csekit.data.readers import ReadStats, read_many
+from csekit.errors import CsekitError
+
+#: {column: {"input_ids": (B, T), "attention_mask": (B, T), ...}}, as objectives take it.
+Batch = dict[str, dict[str, Tensor]]
+#: texts -> {field: one unpadded id list per text}, e.g. ``SentenceEncoder.tokenize``.
+Tokenize = Callable[[Sequence[str]], dict[str, list[list[int]]]]
+
+#: Examples per tokenizer call when tokenizing up front: bounds the transient memory of text and tokenizer.
+TOKENIZE_CHUNK = 10_000
+
+
+class TrainingData:
+    """Training examples from one or more files, served as padded batches.
+
+    ``columns`` are the text fields the objective reads (``("sent0",)`` for unsupervised methods,
+    ``("sent0", "sent1", "hard_neg")`` for supervised SimCSE); ``tokenize`` turns texts into
+    unpadded ids (bind ``max_length`` into it) and ``pad_token_id`` pads ``input_ids``.
+    """
+
+    def __init__(
+        self,
+        paths: str | os.PathLike | Sequence[str | os.PathLike],
+        *,
+        columns: tuple[str, ...],
+        tokenize: Tokenize,
+        pad_token_id: int,
+        skip_bad_lines: bool = False,
+        streaming: bool = False,
+        buffer_size: int = 10_000,
+    ):
+        self.paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        self.columns = tuple(columns)
+        self.tokenize = tokenize
+        self.pad_token_id = pad_token_id
+        self.skip_bad_lines = skip_bad_lines
+        self.streaming = streaming
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
+        self.buffer_size = buffer_size
+        #: Counts from the latest pass over the files (the up-front read, or the latest streamed epoch).
+        self.stats = ReadStats()
+        self._tokens: dict[str, dict[str, _Ragged]] = {}
+        self._size: int | None = None
+        if streaming:
+            # Read one example now so a bad path, header or first line fails before training starts.
+            if next(self._read(ReadStats()), None) is None:
+                raise CsekitError(f"no training examples in {self._names()}")
+        else:
+            self._load()
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def num_examples(self) -> int | None:
+        """How many examples there are (None when streaming: that would take a pass over the files)."""
+        return self._size
+
+    def num_batches(self, batch_size: int, *, drop_last: bool = True, world_size: int = 1) -> int | None:
+        """Batches per epoch for each rank (None when streaming)."""
+        if self._size is None:
+            return None
+        global_size = batch_size * world_size
+        return self._size // global_size if drop_last else -(-self._size // global_size)
+
+    # ------------------------------------------------------------------ batches
+    def batches(
+        self,
+        epoch: int,
+        *,
+        seed: int,
+        batch_size: int,
+        skip: int = 0,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> Iterator[Batch]:
+        """This rank's batches of ``epoch``, in an order fixed by ``(seed, epoch)``, after ``skip`` batches.
+
+        With ``world_size > 1`` the last partial global batch is always dropped: ranks must take the
+        same number of equally sized steps (cross-device gathering needs equal shapes).
+        """
+        if batch_size < 1 or skip < 0 or world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(
+                f"need batch_size >= 1, skip >= 0 and 0 <= rank < world_size; "
+                f"got batch_size={batch_size}, skip={skip}, rank={rank}, world_size={world_size}"
+            )
+        if world_size > 1 and not drop_last:
+            raise ValueError("drop_last=False cannot split a partial last batch evenly across ranks")
+        global_size = batch_size * world_size
+        own = slice(rank * batch_size, (rank + 1) * batch_size)  # this rank's rows of a global batch
+        if self.streaming:
+            return self._streamed_batches(epoch, seed, global_size, own, skip, drop_last)
+        if drop_last and self._size < global_size:
+            raise CsekitError(
+                f"{self._size} training examples are fewer than one batch of {global_size}; "
+                "use a smaller batch size or more data"
+            )
+        return self._memory_batches(epoch, seed, global_size, own, skip, drop_last)
+
+    def _memory_batches(self, epoch, seed, global_size, own, skip, drop_last) -> Iterator[Batch]:
+        generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
+        order = torch.randperm(self._size, generator=generator)  # (N,)
+        for number in range(skip, self.num_batches(global_size, drop_last=drop_last)):
+            rows = order[number * global_size : (number + 1) * global_size][own]  # (B,) example indices
+            batch: Batch = {}
+            for column, fields in self._tokens.items():
+                ids = {key: ragged.take(rows) for key, ragged in fields.items()}  # {field: B id lists}
+                examples = [{key: ids[key][i] for key in ids} for i in range(len(rows))]
+                batch[column] = pad_batch(examples, self.pad_token_id)
+            yield batch
+
+    def _streamed_batches(self, epoch, seed, global_size, own, skip, drop_last) -> Iterator[Batch]:
+        rng = random.Random(_epoch_seed(seed, epoch))
+        self.stats = ReadStats()
+        paths = list(self.paths)
+        rng.shuffle(paths)  # with several files, each epoch starts from a different one
+        examples = _shuffled(self._read(self.stats, paths), self.buffer_size, rng)
+        number = 0
+        while True:
+            group = [example for _, example in zip(range(global_size), examples)]
+            if not group or (drop_last and len(group) < global_size):
+                break
+            number += 1
+            if number > skip:  # skipped batches still pass through the buffer: the order must not change
+                yield self._tokenized_batch(group[own])
+        if number == 0:
+            raise CsekitError(
+                f"no full batch of {global_size} examples in {self._names()} ({self.stats.summary()})"
+            )
+
+    def _tokenized_batch(self, examples: list[dict[str, str]]) -> Batch:
+        batch: Batch = {}
+        for column in self.columns:
+            tokens = self.tokenize([example[column] for example in examples])
+            rows = [{key: ids[i] for key, ids in tokens.items()} for i in range(len(examples))]
+            batch[column] = pad_batch(rows, self.pad_token_id)
+        return batch
+
+    # ------------------------------------------------------------------ reading
+    def _read(self, stats: ReadStats, paths: list | None = None) -> Iterator[dict[str, str]]:
+        return read_many(
+            self.paths if paths is None else paths,
+            columns=self.columns,
+            skip_bad_lines=self.skip_bad_lines,
+            stats=stats,
+        )
+
+    def _load(self) -> None:
+        # Tokenize a chunk at a time while reading: peak memory is one chunk of text, not the corpus.
+        parts: dict[str, dict[str, list[_Ragged]]] = {column: {} for column in self.columns}
+        examples = self._read(self.stats)
+        while chunk := list(itertools.islice(examples, TOKENIZE_CHUNK)):
+            for column in self.columns:
+                tokens = self.tokenize([example[column] for example in chunk])
+                for key, rows in tokens.items():
+                    parts[column].setdefault(key, []).append(_Ragged.from_rows(rows))
+        self._size = self.stats.read
+        if self._size == 0:
+            raise CsekitError(f"no training examples in {self._names()} ({self.stats.summary()})")
+        self._tokens = {
+            column: {key: _Ragged.concat(pieces) for key, pieces in fields.items()}
+            for column, fields in parts.items()
+        }
+
+    def _names(self) -> str:
+        return ", ".join(str(path) for path in self.paths)
+
+
+class _Ragged:
+    """Rows of different lengths as one flat int32 tensor plus offsets: compact and index-friendly."""
+
+    def __init__(self, values: Tensor, lengths: Tensor):
+        self.values = values  # (total,) int32
+        self.lengths = lengths  # (N,)
+        self.offsets = torch.cumsum(lengths, 0) - lengths  # (N,) where each row starts
+
+    @classmethod
+    def from_rows(cls, rows: list[list[int]]) -> _Ragged:
+        values = torch.tensor(list(itertools.chain.from_iterable(rows)), dtype=torch.int32)
+        return cls(values, torch.tensor([len(row) for row in rows], dtype=torch.long))
+
+    @classmethod
+    def concat(cls, pieces: list[_Ragged]) -> _Ragged:
+        return cls(
+            torch.cat([piece.values for piece in pieces]), torch.cat([piece.lengths for piece in pieces])
+        )
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def take(self, indices: Tensor) -> list[list[int]]:
+        """The rows at ``indices`` as lists (one tensor lookup for all of them: this runs every step)."""
+        starts, lengths = self.offsets[indices].tolist(), self.lengths[indices].tolist()
+        return [self.values[start : start + length].tolist() for start, length in zip(starts, lengths)]
+
+
+def _shuffled(examples: Iterator[dict[str, str]], buffer_size: int, rng: random.Random):
+    """A seeded shuffle buffer: each incoming example replaces a random one, which is yielded."""
+    buffer: list[dict[str, str]] = []
+    for example in examples:
+        if len(buffer) < buffer_size:
+            buffer.append(example)
+            continue
+        position = rng.randrange(buffer_size)
+        yield buffer[position]
+        buffer[position] = example
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    """A stable 63-bit seed for ``(seed, epoch)``: hashlib, unlike ``hash``, is the same in every process."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1

@@ -1,0 +1,310 @@
+"""The training loop every objective plugs into (plain PyTorch).
+
+AdamW with linear warmup and decay, gradient clipping and accumulation, bf16 autocast on GPU and
+fp32 on CPU, dynamic padding over pre-tokenised data, the gradient cache for big batches, and data
+parallelism under ``torchrun`` with negatives gathered across ranks (inside the losses). Every
+``eval_steps`` the model is scored on the dev sets and the best one is kept, as SimCSE selects its
+models; every ``save_steps`` a checkpoint is written from which ``resume=True`` continues exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from csekit.data.batches import TrainingData
+from csekit.distributed import get_rank, get_world_size
+from csekit.errors import CsekitError
+from csekit.evaluation.sts import STSEvaluator
+from csekit.models import SentenceEncoder, load_encoder
+from csekit.objectives import Objective, build_objective
+from csekit.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
+from csekit.training.config import TrainConfig
+from csekit.training.grad_cache import grad_cache_step
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    best_metric: float | None
+    best_step: int | None
+    examples_per_second: float
+
+
+def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
+    if not config.model:
+        raise CsekitError("no model given: set `model` in the recipe or --set model=...")
+    if not config.train_files:
+        raise CsekitError("no training data given: set `train_files` in the recipe")
+    device = _init_distributed(config.device)
+    rank, world_size = get_rank(), get_world_size()
+    _seed_everything(config.seed)
+    output = Path(config.output_dir)
+
+    encoder, objective = build_model(config, device)
+    torch.manual_seed(config.seed + rank)  # ranks draw different dropout masks after a shared init
+
+    data = TrainingData(
+        config.train_files,
+        columns=objective.columns,
+        tokenize=lambda texts: encoder.tokenize(texts, max_length=config.max_length),
+        pad_token_id=encoder.tokenizer.pad_token_id or 0,
+        streaming=config.streaming,
+        skip_bad_lines=config.skip_bad_lines,
+    )
+    batches_per_epoch = data.num_batches(config.batch_size, drop_last=True, world_size=world_size)
+    total_steps = _total_steps(config, batches_per_epoch)
+    parameters = _unique_trainable(encoder, objective)
+    optimizer = torch.optim.AdamW(_param_groups(parameters, config.weight_decay), lr=config.learning_rate)
+    warmup = int(config.warmup_ratio * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _linear_schedule(step, warmup, total_steps))
+    modules = {"encoder": encoder, "objective": objective}
+
+    state = TrainState()
+    checkpoint_dir = output / "checkpoint"
+    if resume:
+        state = load_checkpoint(checkpoint_dir, modules=modules, optimizer=optimizer, scheduler=scheduler, rank=rank)
+    elif rank == 0:
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+    evaluator = None
+    if config.eval_steps and rank == 0:
+        evaluator = STSEvaluator(config.eval_tasks, mode="dev", data_dir=config.data_dir)
+    logger = _MetricsLog(output, tensorboard=config.tensorboard, enabled=rank == 0)
+    autocast = _autocast(config.precision, device)
+    save_steps = config.save_steps or config.eval_steps
+
+    progress = tqdm(total=total_steps, initial=state.step, desc="train", disable=rank != 0, dynamic_ncols=True)
+    started, examples_at_start = time.perf_counter(), state.examples
+    micro, accumulated = 0, {}
+    while state.step < total_steps:
+        for batch in data.batches(state.epoch, seed=config.seed, batch_size=config.batch_size,
+                                  skip=state.batches_in_epoch, rank=rank, world_size=world_size):  # fmt: skip
+            batch = _to_device(batch, device)
+            with autocast:
+                if config.grad_cache_chunk:
+                    terms = grad_cache_step(objective, encoder, batch, config.grad_cache_chunk,
+                                            scale=1.0 / config.gradient_accumulation)  # fmt: skip
+                else:
+                    terms = objective(encoder, batch)
+                    (sum(terms.values()) / config.gradient_accumulation).backward()
+            for name, value in terms.items():
+                accumulated[name] = accumulated.get(name, 0.0) + float(value.detach()) / config.gradient_accumulation
+            state.batches_in_epoch += 1
+            state.examples += len(next(iter(batch.values()))["input_ids"])
+            micro += 1
+            if micro < config.gradient_accumulation:
+                continue
+            micro = 0
+            _average_gradients(parameters, world_size)
+            grad_norm = (
+                nn.utils.clip_grad_norm_(parameters, config.max_grad_norm) if config.max_grad_norm else None
+            )
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            progress.update(1)
+
+            rate = (state.examples - examples_at_start) * world_size / (time.perf_counter() - started)
+            if state.step % config.logging_steps == 0 or state.step == total_steps:
+                record = {f"train/{name}": value for name, value in _mean_across_ranks(accumulated).items()}
+                record.update({"train/loss": sum(record.values()), "train/lr": scheduler.get_last_lr()[0],
+                               "train/examples_per_s": rate, "train/epoch": state.epoch})  # fmt: skip
+                if grad_norm is not None:
+                    record["train/grad_norm"] = float(grad_norm)
+                logger.log(state.step, record)
+                progress.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/lr']:.2e}",
+                                     sent_s=f"{rate:.0f}")  # fmt: skip
+            accumulated = {}
+            if evaluator is not None and state.step % config.eval_steps == 0:
+                _evaluate(evaluator, encoder, state, output, logger)
+            if save_steps and state.step % save_steps == 0:
+                save_checkpoint(checkpoint_dir, modules=modules, optimizer=optimizer, scheduler=scheduler,
+                                state=state, rank=rank, world_size=world_size)  # fmt: skip
+            if state.step >= total_steps:
+                break
+        else:  # the epoch ran out of batches
+            state.epoch += 1
+            state.batches_in_epoch = 0
+            if batches_per_epoch == 0:
+                raise CsekitError(f"the training data has fewer than {config.batch_size * world_size} examples")
+    progress.close()
+
+    if evaluator is not None and state.step % config.eval_steps != 0:
+        _evaluate(evaluator, encoder, state, output, logger)
+    if rank == 0:
+        encoder.save(output / "final")
+        if evaluator is None:  # no model selection: the last model is the best one known
+            encoder.save(output / "best")
+    logger.close()
+    if world_size > 1:
+        torch.distributed.barrier()
+    rate = (state.examples - examples_at_start) * world_size / max(time.perf_counter() - started, 1e-9)
+    return TrainResult(output, state.step, state.best_metric, state.best_step, rate)
+
+
+# ------------------------------------------------------------------------------------ pieces
+def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> tuple[SentenceEncoder, Objective]:
+    """The encoder and objective of ``config``, in training mode on ``device``."""
+    encoder = load_encoder(config.model, pooler=config.pooler).to(device)
+    encoder.head_at_inference = not config.mlp_only_train
+    if config.dropout is not None:
+        set_dropout(encoder, config.dropout)
+    objective = build_objective(config.objective, encoder, **config.to_dict()).to(device)
+    # from_pretrained returns models in eval mode: with dropout off the two SimCSE views coincide
+    # and the unsupervised loss has nothing to learn from.
+    encoder.train()
+    objective.train()
+    return encoder, objective
+
+
+def set_dropout(encoder: SentenceEncoder, probability: float) -> None:
+    """Set every dropout of the backbone (and its config, so the saved model says so)."""
+    for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
+        if hasattr(encoder.backbone.config, name):
+            setattr(encoder.backbone.config, name, probability)
+    for module in encoder.backbone.modules():
+        if isinstance(module, nn.Dropout):
+            module.p = probability
+
+
+def _evaluate(evaluator: STSEvaluator, encoder: SentenceEncoder, state: TrainState, output: Path, logger) -> None:
+    metrics = evaluator.evaluate(encoder)  # encode() switches to eval mode and back
+    score = metrics[evaluator.primary_metric]
+    improved = state.best_metric is None or score > state.best_metric
+    if improved:
+        state.best_metric, state.best_step = score, state.step
+        encoder.save(output / "best")
+    logger.log(state.step, {f"dev/{key}": value for key, value in metrics.items() if "/" not in key}
+               | {"dev/best": state.best_metric})  # fmt: skip
+
+
+def _total_steps(config: TrainConfig, batches_per_epoch: int | None) -> int:
+    if config.max_steps:
+        return config.max_steps
+    if batches_per_epoch is None:
+        raise CsekitError("streaming data has no known length: set max_steps")
+    return config.epochs * (batches_per_epoch // config.gradient_accumulation)
+
+
+def _linear_schedule(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return step / max(1, warmup)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
+def _unique_trainable(*modules: nn.Module) -> list[nn.Parameter]:
+    """Trainable parameters, each once (tied weights, e.g. an MLM decoder, appear in two modules)."""
+    seen, unique = set(), []
+    for module in modules:
+        for parameter in module.parameters():
+            if parameter.requires_grad and id(parameter) not in seen:
+                seen.add(id(parameter))
+                unique.append(parameter)
+    return unique
+
+
+def _param_groups(parameters: list[nn.Parameter], weight_decay: float) -> list[dict]:
+    """Biases and LayerNorm weights (the 1-d parameters) get no weight decay, as in BERT."""
+    decay = [p for p in parameters if p.ndim > 1]
+    no_decay = [p for p in parameters if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _average_gradients(parameters: list[nn.Parameter], world_size: int) -> None:
+    """What DDP does after backward: every rank gets the mean gradient (one flat all-reduce)."""
+    if world_size == 1:
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
+    if get_world_size() == 1 or not values:
+        return values
+    tensor = torch.tensor(list(values.values()), dtype=torch.float64)
+    torch.distributed.all_reduce(tensor)
+    return dict(zip(values, (tensor / get_world_size()).tolist()))
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {key: _to_device(value, device) if isinstance(value, dict) else value.to(device, non_blocking=True)
+            for key, value in batch.items()}  # fmt: skip
+
+
+def _autocast(precision: str, device: torch.device):
+    if precision not in ("auto", "fp32", "bf16"):
+        raise CsekitError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _init_distributed(device_name: str | None) -> torch.device:
+    """Join the process group ``torchrun`` describes in the environment; pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and (device_name is None or device_name.startswith("cuda"))
+    if world_size > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    if device_name and device_name != "cuda":
+        return torch.device(device_name)
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+class _MetricsLog:
+    """metrics.jsonl (one JSON object per logged step) and, optionally, TensorBoard."""
+
+    def __init__(self, output: Path, *, tensorboard: bool, enabled: bool):
+        self.enabled = enabled
+        self.path = output / "metrics.jsonl"
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise CsekitError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
+            self.writer = SummaryWriter(str(output / "tensorboard"))
+
+    def log(self, step: int, values: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+__all__ = ["TrainResult", "train", "set_dropout", "Objective"]

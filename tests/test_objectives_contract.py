@@ -1,0 +1,70 @@
+"""One suite over every registered objective: the contract of objectives/base.py, on a tiny encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from csekit.data.collate import pad_batch
+from csekit.objectives import OBJECTIVES, Objective, build_objective
+from csekit.training.grad_cache import grad_cache_step
+from conftest import make_tiny_encoder
+
+TEXTS = ["a man plays the guitar .", "two dogs run .", "the market fell today .", "she slices an onion .",
+         "kids play in the snow .", "a red car ."]  # fmt: skip
+
+
+def batch_for(objective: Objective, encoder) -> dict:
+    batch = {}
+    for shift, column in enumerate(objective.columns):
+        texts = TEXTS[shift:] + TEXTS[:shift]
+        ids = encoder.tokenize(texts)
+        batch[column] = pad_batch([{k: ids[k][i] for k in ids} for i in range(len(texts))], 0)
+    return batch
+
+
+def test_registry_names_are_the_cli_names():
+    assert set(OBJECTIVES) == {"simcse", "simcse_sup"}
+    for name, cls in OBJECTIVES.items():
+        assert issubclass(cls, Objective), name
+    with pytest.raises(Exception, match="unknown objective"):
+        build_objective("nope", make_tiny_encoder())
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_objective_returns_finite_named_terms_that_train_the_encoder(name):
+    encoder = make_tiny_encoder(hidden_dropout_prob=0.1).train()
+    objective = build_objective(name, encoder).train()
+    batch = batch_for(objective, encoder)
+    terms = objective(encoder, batch)
+    assert terms and all(value.ndim == 0 and torch.isfinite(value) for value in terms.values())
+    sum(terms.values()).backward()
+    assert all(p.grad is not None for p in encoder.backbone.encoder.parameters())
+    embeddings = objective.embed(encoder, batch)
+    assert all(value.shape[0] == len(TEXTS) for value in embeddings.values())  # rows follow the batch
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_gradient_cache_equals_the_plain_step_for_every_objective(name):
+    encoder = make_tiny_encoder(hidden_dropout_prob=0.1).train()
+    objective = build_objective(name, encoder).train()
+    if not objective.supports_grad_cache:
+        pytest.skip(f"{name} declares no gradient-cache support")
+    batch = batch_for(objective, encoder)
+    params = [p for p in encoder.parameters() if p.requires_grad]
+
+    torch.manual_seed(1)
+    chunks = [{c: {k: v[i : i + 2] for k, v in f.items()} for c, f in batch.items()} for i in range(0, 6, 2)]
+    parts = [objective.embed(encoder, chunk) for chunk in chunks]
+    joined = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+    plain_terms = objective.loss(joined, batch)
+    sum(plain_terms.values()).backward()
+    plain = [p.grad.clone() for p in params]
+    encoder.zero_grad()
+
+    torch.manual_seed(1)
+    cached_terms = grad_cache_step(objective, encoder, batch, 2)
+    for name_, value in plain_terms.items():
+        assert cached_terms[name_].item() == pytest.approx(value.item(), abs=1e-6)
+    for expected, param in zip(plain, params):
+        torch.testing.assert_close(param.grad, expected, atol=1e-6, rtol=1e-5)

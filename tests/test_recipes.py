@@ -1,0 +1,37 @@
+"""Every shipped recipe parses, names a registered objective and pooler, and follows the naming rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from csekit.models import POOLERS
+from csekit.objectives import OBJECTIVES
+from csekit.training.config import TrainConfig
+
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+
+
+def test_there_are_recipes():
+    assert len(RECIPES) >= 4
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipe_parses_and_is_named_after_its_method(recipe):
+    config = TrainConfig.from_yaml(recipe)
+    assert config.objective in OBJECTIVES
+    assert config.pooler in POOLERS
+    assert config.model and config.train_files and config.output_dir
+    method = config.objective.replace("_", "-")
+    assert recipe.stem.startswith(method + "-"), f"{recipe.name} should be named {method}-<model>.yaml"
+    rest = recipe.stem[len(method) + 1 :]
+    assert rest == "cpu" or rest.replace("-", "").isalnum()
+    if rest == "cpu":  # the small recipes run on the shared assets
+        assert config.model.startswith("../shared/")
+
+
+def test_help_keys_documents_every_field():
+    text = TrainConfig.describe()
+    for line in text.splitlines():
+        assert len(line.split(None, 2)) == 3, f"undocumented key: {line}"

@@ -1,0 +1,122 @@
+"""The training loop end to end on a tiny model: CLI, outputs, and a killed run resumed exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from csekit.cli.main import main
+from conftest import make_tiny_encoder
+
+SENTENCES = [f"sentence number {i} says {word} things ." for i, word in enumerate(
+    "red blue green small large quick slow happy sad bright dark warm cold soft loud quiet".split() * 3)]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    make_tiny_encoder(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1).save(path)
+    return path
+
+
+def write_recipe(folder: Path, model: Path, **overrides) -> Path:
+    data = folder / "train.txt"
+    data.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    recipe = {"model": str(model), "objective": "simcse", "pooler": "cls", "mlp_only_train": True,
+              "train_files": [str(data)], "batch_size": 8, "learning_rate": 1e-3, "max_steps": 6,
+              "eval_steps": 0, "save_steps": 2, "logging_steps": 1, "output_dir": str(folder / "run"), "seed": 7}  # fmt: skip
+    recipe.update(overrides)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "final" / "model.safetensors")
+
+
+def test_cli_train_writes_models_config_and_metrics(tmp_path, tiny_model, capsys):
+    recipe = write_recipe(tmp_path, tiny_model)
+    assert main(["train", str(recipe), "--set", "max_steps=4"]) == 0
+    run = tmp_path / "run"
+    for name in ("best/modules.json", "final/modules.json", "config.yaml", "metrics.jsonl", "checkpoint/state.json"):
+        assert (run / name).is_file(), name
+    assert yaml.safe_load((run / "config.yaml").read_text())["max_steps"] == 4  # --set reached the saved config
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(r["train/loss"] > 0 for r in records)
+    # mlp_only_train: the saved model has no Dense module, and the trainer printed where it went.
+    assert "Dense" not in (run / "final" / "modules.json").read_text()
+    assert "4 steps" in capsys.readouterr().out
+
+
+def test_training_changes_weights_and_is_deterministic(tmp_path, tiny_model):
+    runs = []
+    for name in ("a", "b"):
+        folder = tmp_path / name
+        folder.mkdir()
+        assert main(["train", str(write_recipe(folder, tiny_model))]) == 0
+        runs.append(final_weights(folder / "run"))
+    start = load_file(tiny_model / "model.safetensors")
+    key = "encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(runs[0][key], start[key])
+    for name in runs[0]:
+        assert torch.equal(runs[0][name], runs[1][name]), name
+
+
+def test_gradient_accumulation_and_cache_run(tmp_path, tiny_model):
+    recipe = write_recipe(tmp_path, tiny_model, gradient_accumulation=2, grad_cache_chunk=4, max_steps=2)
+    assert main(["train", str(recipe)]) == 0
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path, tiny_model):
+    steps = 300  # long enough that the kill lands mid-way
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert main(["train", str(write_recipe(reference, tiny_model, max_steps=steps, save_steps=10,
+                                           logging_steps=50))]) == 0  # fmt: skip
+
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    recipe = write_recipe(killed, tiny_model, max_steps=steps, save_steps=10, logging_steps=50)
+    command = [sys.executable, "-m", "csekit.cli.main", "train", str(recipe)]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = killed / "run" / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        if state.is_file() and json.loads(state.read_text())["train_state"]["step"] >= 30:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    stopped_at = json.loads(state.read_text())["train_state"]["step"]
+    assert 0 < stopped_at < steps and not (killed / "run" / "final").exists()
+
+    assert main(["train", str(recipe), "--resume"]) == 0
+    expected, resumed = final_weights(reference / "run"), final_weights(killed / "run")
+    for name in expected:
+        assert torch.equal(expected[name], resumed[name]), name
+
+
+def test_bad_recipes_fail_with_one_line(tmp_path, tiny_model, capsys):
+    recipe = write_recipe(tmp_path, tiny_model, learning_rat=1e-3)
+    assert main(["train", str(recipe)]) == 2
+    assert "unknown key(s) learning_rat" in capsys.readouterr().err
+    recipe = write_recipe(tmp_path, tiny_model)
+    assert main(["train", str(recipe), "--set", "batch_size=big"]) == 2
+    assert "batch_size must be int" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", str(recipe), "--resume", "--set", f"output_dir={tmp_path / 'fresh'}"]) == 2
+    assert "no checkpoint to resume from" in capsys.readouterr().err
