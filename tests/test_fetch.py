@@ -31,7 +31,7 @@ def server(tmp_path, monkeypatch) -> Iterator[tuple[Path, str]]:
     served.mkdir()
     handler = functools.partial(_QuietHandler, directory=str(served))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield served, f"http://127.0.0.1:{httpd.server_address[1]}"

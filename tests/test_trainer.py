@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -39,6 +40,12 @@ def write_recipe(folder: Path, model: Path, **overrides) -> Path:
     path = folder / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
     return path
+
+
+def free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
 
 
 def final_weights(run: Path) -> dict[str, torch.Tensor]:
@@ -120,3 +127,25 @@ def test_bad_recipes_fail_with_one_line(tmp_path, tiny_model, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["train", str(recipe), "--resume", "--set", f"output_dir={tmp_path / 'fresh'}"]) == 2
     assert "no checkpoint to resume from" in capsys.readouterr().err
+
+
+def test_two_processes_train_like_one_process_with_the_whole_batch(tmp_path):
+    """torchrun, 2 gloo ranks x 4 examples == 1 process x 8 examples (negatives gathered across ranks)."""
+    model = tmp_path / "tiny-no-dropout"
+    make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save(model)
+    single, double = tmp_path / "single", tmp_path / "double"
+    single.mkdir(), double.mkdir()
+    options = {"max_steps": 3, "save_steps": 0, "pooler": "mean"}
+    assert main(["train", str(write_recipe(single, model, batch_size=8, **options))]) == 0
+    recipe = write_recipe(double, model, batch_size=4, **options)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+               "-m", "csekit.cli.main", "train", str(recipe)]  # fmt: skip
+    finished = subprocess.run(command, env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    one, two = final_weights(single / "run"), final_weights(double / "run")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
+    losses = [[json.loads(line)["train/loss"] for line in (run / "run" / "metrics.jsonl").read_text().splitlines()]
+              for run in (single, double)]  # fmt: skip
+    assert losses[0] == pytest.approx(losses[1], abs=1e-6)

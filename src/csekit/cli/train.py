@@ -25,10 +25,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.recipe:
         raise SystemExit("csekit train: a recipe is required (see recipes/)")
+    from csekit.distributed import get_rank
     from csekit.training.trainer import train
 
     config = TrainConfig.from_yaml(args.recipe, args.overrides)
     result = train(config, resume=args.resume)
+    if get_rank() != 0:  # under torchrun, one process reports
+        return 0
     if result.best_metric is not None:
         print(f"best dev {config.eval_tasks} {result.best_metric:.2f} at step {result.best_step}")
     print(f"{result.steps} steps, {result.examples_per_second:.1f} examples/s; models in {result.output_dir}/best "

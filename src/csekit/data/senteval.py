@@ -90,13 +90,13 @@ def fetch(dest: str | os.PathLike | None = None, *, url: str = DEFAULT_URL) -> P
             with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
                 shutil.copyfileobj(response, out)
         except OSError as error:
-            raise CsekitError(f"cannot download {url}: {error}") from None
+            raise CsekitError(f"cannot download {url}: {_one_line(error)}") from None
         unpacked = Path(scratch) / "unpacked"
         try:
             with tarfile.open(archive) as tar:
                 tar.extractall(unpacked, filter="data")  # refuses absolute paths and links out of the folder
         except (tarfile.TarError, OSError) as error:
-            raise CsekitError(f"{url} is not a readable tar archive: {error}") from None
+            raise CsekitError(f"{url} is not a readable tar archive: {_one_line(error)}") from None
         found = [p for p in unpacked.rglob("downstream") if p.is_dir()]
         if not found:
             raise CsekitError(f"{url} has no downstream/ folder: is it SentEval's data?")
@@ -104,3 +104,8 @@ def fetch(dest: str | os.PathLike | None = None, *, url: str = DEFAULT_URL) -> P
         target = dest_root / "downstream"
         replace_dir(found[0], target)
     return target
+
+
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (tarfile's ReadError lists each compression tried on its own line)."""
+    return " ".join(str(error).split()) or type(error).__name__
