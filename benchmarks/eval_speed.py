@@ -33,8 +33,8 @@ import torch
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
 
-import csekit.evaluation.sts as sts
 from csekit import load_encoder
+from csekit.evaluation import sts
 from csekit.evaluation.sts import TITLES, STSEvaluator, parse_tasks
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,9 @@ AGREEMENT = 2e-4
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="sentence-transformers folder (default: %(default)s)")
+    parser.add_argument(
+        "--model", default=str(DEFAULT_MODEL), help="sentence-transformers folder (default: %(default)s)"
+    )
     parser.add_argument("--data-dir", default=os.environ.get("CSEKIT_DATA", str(DEFAULT_DATA)),
                         help="SentEval downstream/ folder (default: $CSEKIT_DATA, else %(default)s)")  # fmt: skip
     parser.add_argument("--tasks", default="sts", help="'sts' (the seven) or a comma list")
@@ -86,7 +88,12 @@ def run_plain(model: str, tasks: list[str], data_dir: str, device: str) -> dict:
         # One subset for STS-B and SICK-R; STS12-16 pool all subsets' pairs, as SentEval's "all".
         scores[task] = 100 * float(spearmanr(np.concatenate(similarities), np.concatenate(golds))[0])
     seconds = time.perf_counter() - start
-    return {"seconds": seconds, "sentences": sentences, "scores": scores, "avg": float(np.mean(list(scores.values())))}
+    return {
+        "seconds": seconds,
+        "sentences": sentences,
+        "scores": scores,
+        "avg": float(np.mean(list(scores.values()))),
+    }
 
 
 def warm_up(model: str, device: str) -> None:
@@ -180,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         a, b = summary["csekit"]["scores"][task], summary["plain"]["scores"][task]
         print(f"| {TITLES[task]} | {a:.4f} | {b:.4f} | {abs(a - b):.1e} |")
     agree = difference <= AGREEMENT
-    print(f"\naverages agree: {'yes' if agree else 'NO'} (|difference| {difference:.1e}, tolerance {AGREEMENT:.0e})")
+    print(
+        f"\naverages agree: {'yes' if agree else 'NO'} (|difference| {difference:.1e}, tolerance {AGREEMENT:.0e})"
+    )
 
     if args.json_path:
         record = {"machine": info, "device": device, "model": args.model, "tasks": tasks, "repeats": args.repeats,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_tiny_encoder
+
 from csekit.cli.main import main
 
 
@@ -38,7 +38,14 @@ def test_eval_prints_table_and_writes_json(tiny_model, data_dir, tmp_path, capsy
     assert {"model", "pooler", "mode", "seconds", "metrics"} <= set(record)
     assert record["model"] == tiny_model and record["pooler"] == "mean" and record["mode"] == "test"
     metrics = record["metrics"]
-    assert {"sts13", "sts13/pearson", "sts13/spearman_mean", "sts13/spearman_wmean", "sts13/pairs", "avg"} <= set(metrics)
+    assert {
+        "sts13",
+        "sts13/pearson",
+        "sts13/spearman_mean",
+        "sts13/spearman_wmean",
+        "sts13/pairs",
+        "avg",
+    } <= set(metrics)
     assert {f"sts13/{subset}/spearman" for subset in ("FNWN", "headlines", "OnWN")} <= set(metrics)
     assert metrics["sts13/pairs"] == 1500
     assert metrics["avg"] == metrics["sts13"]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_encoder
 
 # Different lengths on purpose: encode sorts by length, so output order is worth checking.
@@ -38,7 +37,9 @@ def test_encode_returns_float32_rows_in_callers_order(pooler):
 
 def test_encode_does_not_depend_on_batch_size():
     encoder = make_tiny_encoder("mean")
-    np.testing.assert_allclose(encoder.encode(TEXTS, batch_size=1), encoder.encode(TEXTS, batch_size=64), atol=1e-5)
+    np.testing.assert_allclose(
+        encoder.encode(TEXTS, batch_size=1), encoder.encode(TEXTS, batch_size=64), atol=1e-5
+    )
 
 
 def test_encode_normalize_gives_unit_rows_with_same_direction():
@@ -47,7 +48,9 @@ def test_encode_normalize_gives_unit_rows_with_same_direction():
     unit = encoder.encode(TEXTS, normalize=True)
     np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=1, keepdims=True), atol=1e-5)
-    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0), "raw rows are not unit: normalize must change them"
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0), (
+        "raw rows are not unit: normalize must change them"
+    )
 
 
 def test_encoder_normalize_attribute_is_the_default_and_can_be_overridden():
@@ -114,7 +117,9 @@ def test_a_head_with_a_non_cls_pooler_is_refused():
 
     encoder = make_tiny_encoder("mean")
     with pytest.raises(ValueError, match="cls"):
-        SentenceEncoder(encoder.backbone, encoder.tokenizer, pooler="mean", head=MLPHead(encoder.embedding_dim))
+        SentenceEncoder(
+            encoder.backbone, encoder.tokenizer, pooler="mean", head=MLPHead(encoder.embedding_dim)
+        )
 
 
 @pytest.mark.parametrize("training", [True, False])

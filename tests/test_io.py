@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import BERT_MINI, MINILM, make_tiny_encoder
 from sentence_transformers import SentenceTransformer
 
-from conftest import BERT_MINI, MINILM, make_tiny_encoder
-from csekit import CsekitError, POOLERS, SentenceEncoder, load_encoder
+from csekit import POOLERS, CsekitError, SentenceEncoder, load_encoder
 
 TEXTS = [
     "a man is playing a guitar .",
@@ -93,7 +93,9 @@ def test_normalize_adds_a_normalize_module(tmp_path):
     encoder.save(tmp_path / "model")
 
     assert _module_kinds(tmp_path / "model")[-1] == "Normalize"
-    assert _max_diff(SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(TEXTS), expected) < 1e-5
+    assert (
+        _max_diff(SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(TEXTS), expected) < 1e-5
+    )
     reloaded = load_encoder(tmp_path / "model")
     assert reloaded.normalize is True
     assert _max_diff(reloaded.encode(TEXTS), expected) < 1e-5
@@ -127,7 +129,9 @@ def test_saving_over_an_existing_folder_replaces_it(tmp_path):
     assert not (folder / "stale.txt").exists()
     assert _module_kinds(folder) == ["Transformer", "Pooling"]
     assert sorted(path.name for path in tmp_path.iterdir()) == ["model"]
-    assert _max_diff(SentenceTransformer(str(folder), device="cpu").encode(TEXTS), second.encode(TEXTS)) < 1e-5
+    assert (
+        _max_diff(SentenceTransformer(str(folder), device="cpu").encode(TEXTS), second.encode(TEXTS)) < 1e-5
+    )
 
 
 @pytest.mark.parametrize("path", ["./no/such/model", "/tmp/definitely/missing/x"])

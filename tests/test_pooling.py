@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_tiny_encoder
 
 from csekit.models import POOLERS
 from csekit.models.pooling import NEEDS_HIDDEN_STATES, check_pooler, pool
-from conftest import make_tiny_encoder
 
 # Sentences of different lengths, so a batch of them is padded (the short ones by many tokens).
 TEXTS = [
@@ -21,30 +21,31 @@ TEXTS = [
 LAYERS = 3
 
 
+def _token_mean(layer_states: list[torch.Tensor], sentence: int, real: list[int]) -> torch.Tensor:
+    """Mean over the real tokens of one sentence of the average of the given layers, in float64."""
+    total = torch.zeros(layer_states[0].shape[-1], dtype=torch.float64)
+    for t in real:
+        total += sum(states[sentence, t].double() for states in layer_states) / len(layer_states)
+    return total / len(real)
+
+
 def _reference_pool(name: str, hidden_states: tuple[torch.Tensor, ...], mask: torch.Tensor) -> torch.Tensor:
     """SimCSE's poolers written as plain loops over each sentence's real tokens (padding never read)."""
     batch, _, width = hidden_states[-1].shape
     rows = []
     for i in range(batch):
         real = [t for t in range(mask.shape[1]) if mask[i, t] == 1]
-
-        def token_mean(layer_states: list[torch.Tensor]) -> torch.Tensor:
-            total = torch.zeros(width, dtype=torch.float64)
-            for t in real:
-                total += sum(states[i, t].double() for states in layer_states) / len(layer_states)
-            return total / len(real)
-
         if name in ("cls", "cls_before_pooler"):
             rows.append(hidden_states[-1][i, 0].double())
         elif name == "mean":
-            rows.append(token_mean([hidden_states[-1]]))
+            rows.append(_token_mean([hidden_states[-1]], i, real))
         elif name == "max":
             best = [max(hidden_states[-1][i, t, h].item() for t in real) for h in range(width)]
             rows.append(torch.tensor(best, dtype=torch.float64))
         elif name == "first_last_avg":
-            rows.append(token_mean([hidden_states[1], hidden_states[-1]]))
+            rows.append(_token_mean([hidden_states[1], hidden_states[-1]], i, real))
         elif name == "last2avg":
-            rows.append(token_mean([hidden_states[-2], hidden_states[-1]]))
+            rows.append(_token_mean([hidden_states[-2], hidden_states[-1]], i, real))
         else:
             raise AssertionError(f"pooler {name!r} has no reference here: add one")
     return torch.stack(rows)  # (B, H)

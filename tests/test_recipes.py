@@ -35,3 +35,11 @@ def test_help_keys_documents_every_field():
     text = TrainConfig.describe()
     for line in text.splitlines():
         assert len(line.split(None, 2)) == 3, f"undocumented key: {line}"
+
+
+def test_overrides_accept_the_ways_users_write_numbers(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\ntrain_files: a.txt\nlearning_rate: 3e-5\n", encoding="utf-8")
+    config = TrainConfig.from_yaml(recipe, ["batch_size=16", "temperature=0.1", "max_steps=null"])
+    assert config.learning_rate == 3e-5 and config.batch_size == 16 and config.temperature == 0.1
+    assert config.max_steps is None and config.train_files == ["a.txt"]

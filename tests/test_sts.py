@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MINILM
 from scipy.stats import pearsonr, spearmanr
 
-from conftest import MINILM
 from csekit import CsekitError, load_encoder
 from csekit.data.senteval import manifest, resolve_data_dir, verify_files
 from csekit.evaluation.sts import (
@@ -151,7 +151,11 @@ def test_real_data_has_the_published_pair_counts(data_dir):
 
 
 # ========================================================================================== manifest
-SOME_FILES = ["STS/STS13-en-test/STS.input.FNWN.txt", "STS/STS13-en-test/STS.gs.FNWN.txt", "SICK/SICK_trial.txt"]
+SOME_FILES = [
+    "STS/STS13-en-test/STS.input.FNWN.txt",
+    "STS/STS13-en-test/STS.gs.FNWN.txt",
+    "SICK/SICK_trial.txt",
+]
 
 
 def _copy_files(data_dir: Path, target: Path, relative_paths: list[str]) -> Path:
@@ -394,14 +398,24 @@ def test_minilm_scores_equal_an_independent_sentence_transformers_computation(da
         similarity = cosines(first, second)
         pooled_cosines.append(similarity)
         pooled_gold.extend(gold)
-        assert metrics[f"sts13/{subset}/spearman"] == pytest.approx(100 * spearmanr(similarity, gold)[0], abs=1e-6)
+        assert metrics[f"sts13/{subset}/spearman"] == pytest.approx(
+            100 * spearmanr(similarity, gold)[0], abs=1e-6
+        )
     pooled = np.concatenate(pooled_cosines)
-    expected = {"sts13": 100 * spearmanr(pooled, pooled_gold)[0], "sts13/pearson": 100 * pearsonr(pooled, pooled_gold)[0]}
+    expected = {
+        "sts13": 100 * spearmanr(pooled, pooled_gold)[0],
+        "sts13/pearson": 100 * pearsonr(pooled, pooled_gold)[0],
+    }
 
-    sick = [line.strip().split("\t") for line in (sliced / "SICK/SICK_test_annotated.txt").read_text().splitlines()[1:]]
+    sick = [
+        line.strip().split("\t")
+        for line in (sliced / "SICK/SICK_test_annotated.txt").read_text().splitlines()[1:]
+    ]
     similarity = cosines([" ".join(r[1].split()) for r in sick], [" ".join(r[2].split()) for r in sick])
     gold = [float(r[3]) for r in sick]
-    expected.update({"sickr": 100 * spearmanr(similarity, gold)[0], "sickr/pearson": 100 * pearsonr(similarity, gold)[0]})
+    expected.update(
+        {"sickr": 100 * spearmanr(similarity, gold)[0], "sickr/pearson": 100 * pearsonr(similarity, gold)[0]}
+    )
     expected["avg"] = (expected["sts13"] + expected["sickr"]) / 2
 
     assert metrics["sts13/pairs"] == len(pooled) and metrics["sickr/pairs"] == SLICE_LINES

@@ -138,8 +138,11 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
     if origin is list:
         items = value if isinstance(value, list) else [value]
         return [str(item) for item in items]
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
+    if hint is float and isinstance(value, int | float | str) and not isinstance(value, bool):
+        try:  # YAML reads 3e-5 (no dot) as a string; users write it that way
+            return float(value)
+        except ValueError:
+            pass
     if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):

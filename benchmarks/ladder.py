@@ -1,0 +1,76 @@
+"""The local ladder: train recipes from the raw BERT-mini on 2 CPU cores over several seeds, then score
+each run's best checkpoint (chosen on STS-B dev) on the seven STS test sets.
+
+    python benchmarks/ladder.py --recipes recipes/simcse-cpu.yaml recipes/simcse-sup-cpu.yaml \
+        --seeds 1 2 3 --baseline benchmarks/results/poolers-bert-mini-mlm.json \
+        --json benchmarks/results/simcse-ladder.json
+
+Prints one row per recipe: STS test average (mean ± std over seeds), each task's mean, the best
+STS-B dev score, and training sentences per second. ``--baseline`` adds the untrained model's best
+pooler (from benchmarks/poolers.py) as the row to beat. Test sets are only scored, never used to choose.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+from csekit.evaluation.sts import TASKS, TITLES, STSEvaluator
+from csekit.models import load_encoder
+from csekit.training.config import TrainConfig
+from csekit.training.trainer import train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipes", nargs="+", required=True)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every recipe")
+    parser.add_argument("--runs-dir", default="runs/ladder")
+    parser.add_argument("--baseline", help="JSON written by benchmarks/poolers.py")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    evaluator = None
+    rows = {}
+    for recipe in args.recipes:
+        name = Path(recipe).stem
+        for seed in args.seeds:
+            output = Path(args.runs_dir) / f"{name}-seed{seed}"
+            config = TrainConfig.from_yaml(recipe, [*args.overrides, f"seed={seed}", f"output_dir={output}"])
+            start = time.perf_counter()
+            result = train(config)
+            minutes = (time.perf_counter() - start) / 60
+            evaluator = evaluator or STSEvaluator(TASKS, data_dir=config.data_dir)
+            metrics = evaluator.evaluate(load_encoder(str(output / "best")))
+            run = {"seed": seed, "best_dev": result.best_metric, "best_step": result.best_step, "steps": result.steps,
+                   "examples_per_s": result.examples_per_second, "minutes": minutes,
+                   "sts": {task: metrics[task] for task in (*TASKS, "avg")}}  # fmt: skip
+            rows.setdefault(name, []).append(run)
+            print(f"{name} seed {seed}: STS avg {metrics['avg']:.2f}, dev {result.best_metric:.2f} "
+                  f"(step {result.best_step}), {minutes:.1f} min", flush=True)  # fmt: skip
+
+    print("\nSTS test, Spearman x100 (STS12-16 'all'), mean over seeds " + ", ".join(map(str, args.seeds)) + "\n")
+    print("| run | " + " | ".join(TITLES[t] for t in TASKS) + " | avg (mean ± std) | STS-B dev | sent/s |")
+    print("| --- |" + " ---: |" * (len(TASKS) + 3))
+    if args.baseline:
+        baseline = json.loads(Path(args.baseline).read_text())["results"]
+        pooler, metrics = max(baseline.items(), key=lambda item: item[1]["avg"])
+        print(f"| untrained ({pooler}) | " + " | ".join(f"{metrics[t]:.2f}" for t in TASKS) + f" | {metrics['avg']:.2f} | | |")
+    for name, runs in rows.items():
+        means = [statistics.mean(r["sts"][t] for r in runs) for t in TASKS]
+        averages = [r["sts"]["avg"] for r in runs]
+        spread = statistics.stdev(averages) if len(averages) > 1 else 0.0
+        dev = statistics.mean(r["best_dev"] for r in runs)
+        speed = statistics.median(r["examples_per_s"] for r in runs)
+        print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means)
+              + f" | {statistics.mean(averages):.2f} ± {spread:.2f} | {dev:.2f} | {speed:.1f} |")  # fmt: skip
+    if args.json:
+        Path(args.json).write_text(json.dumps({"seeds": args.seeds, "overrides": args.overrides, "runs": rows}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The seven-task STS table of one model under every pooler (default: the raw BERT-mini masked LM).
+
+    python benchmarks/poolers.py [--model PATH] [--json benchmarks/results/poolers-bert-mini-mlm.json]
+
+The raw model was never trained on sentence pairs: its best pooler is the baseline every training
+method must beat. The ``cls`` pooler of a raw model with no pretrained pooler passes [CLS] through a
+freshly initialised dense + tanh head, as a model would start its training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from csekit.evaluation.sts import TASKS, TITLES, STSEvaluator
+from csekit.models import POOLERS, load_encoder
+
+SHARED = Path(os.environ.get("CSEKIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=str(SHARED / "models" / "bert-mini-mlm"))
+    parser.add_argument("--data-dir", default=os.environ.get("CSEKIT_DATA", str(SHARED / "data/senteval/downstream")))
+    parser.add_argument("--poolers", nargs="+", default=list(POOLERS))
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    evaluator = STSEvaluator(TASKS, data_dir=args.data_dir)
+    results = {}
+    for pooler in args.poolers:
+        torch.manual_seed(0)  # the cls head of a raw model is freshly initialised: fix it
+        start = time.perf_counter()
+        results[pooler] = evaluator.evaluate(load_encoder(args.model, pooler=pooler))
+        print(f"{pooler}: avg {results[pooler]['avg']:.2f} ({time.perf_counter() - start:.0f} s)", flush=True)
+    print(f"\nmodel {args.model}: STS test, Spearman x100 (STS12-16: 'all')\n")
+    print("| pooler | " + " | ".join(TITLES[t] for t in TASKS) + " | avg |")
+    print("| --- |" + " ---: |" * (len(TASKS) + 1))
+    for pooler, metrics in results.items():
+        print(f"| {pooler} | " + " | ".join(f"{metrics[t]:.2f}" for t in (*TASKS, "avg")) + " |")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": args.model, "results": results}, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
