@@ -149,3 +149,14 @@ def test_two_processes_train_like_one_process_with_the_whole_batch(tmp_path):
     losses = [[json.loads(line)["train/loss"] for line in (run / "run" / "metrics.jsonl").read_text().splitlines()]
               for run in (single, double)]  # fmt: skip
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
+
+
+def test_malformed_training_line_names_file_and_line_unless_skipped(tmp_path, tiny_model, capsys):
+    recipe = write_recipe(tmp_path, tiny_model, max_steps=1)
+    data = tmp_path / "train.txt"
+    data.write_bytes(data.read_bytes() + b"\n\nbad \xff byte\n" + b"more text .\n" * 8)
+    assert main(["train", str(recipe)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{data}:{len(SENTENCES) + 3}:" in error and len(error.splitlines()) == 1
+    assert main(["train", str(recipe), "--skip-bad-lines"]) == 0
+    assert "2 empty skipped, 1 bad skipped" in capsys.readouterr().err

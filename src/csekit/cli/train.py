@@ -12,6 +12,8 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set model=bert-base-uncased (repeatable)")  # fmt: skip
+    parser.add_argument("--skip-bad-lines", action="store_true",
+                        help="count and skip malformed training lines instead of stopping at the first")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
     parser.add_argument("--compare-sts", action="store_true",
                         help="afterwards, print the STS test table of the starting model beside the trained one")  # fmt: skip
@@ -28,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from csekit.distributed import get_rank
     from csekit.training.trainer import train
 
-    config = TrainConfig.from_yaml(args.recipe, args.overrides)
+    overrides = [*args.overrides, *(["skip_bad_lines=true"] if args.skip_bad_lines else [])]
+    config = TrainConfig.from_yaml(args.recipe, overrides)
     result = train(config, resume=args.resume)
     if get_rank() != 0:  # under torchrun, one process reports
         return 0

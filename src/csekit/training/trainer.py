@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         streaming=config.streaming,
         skip_bad_lines=config.skip_bad_lines,
     )
+    if rank == 0 and not config.streaming:
+        print(f"training data: {data.stats.summary()}", file=sys.stderr)
     batches_per_epoch = data.num_batches(config.batch_size, drop_last=True, world_size=world_size)
     total_steps = _total_steps(config, batches_per_epoch)
     parameters = _unique_trainable(encoder, objective)
