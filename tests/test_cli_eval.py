@@ -92,3 +92,65 @@ def test_unknown_task_is_a_one_line_error(tiny_model, data_dir, capsys):
 def test_dev_mode_with_a_yearly_task_is_a_one_line_error(tiny_model, data_dir, capsys):
     assert main(["eval", tiny_model, "--tasks", "sts12", "--mode", "dev", "--data-dir", str(data_dir)]) == 2
     assert "only a test set" in _one_line_error(capsys)
+
+
+# ===================================================== transfer, alignment/uniformity, rank families
+@pytest.fixture
+def one_thread():
+    # A tiny encoder gains nothing from intra-op threads; on a busy 2-core machine they cost ~10x.
+    from csekit.evaluation.transfer import torch_threads
+
+    with torch_threads(1):
+        yield
+
+
+def test_split_tasks_groups_names_by_family():
+    from csekit.cli.eval import split_tasks
+
+    assert split_tasks("rank,mr,sts13,transfer,align_uniform") == {
+        "sts": ["sts13"], "transfer": ["mr", "transfer"], "align_uniform": ["align_uniform"], "rank": ["rank"],
+    }  # fmt: skip
+    assert split_tasks("sts,trec", mode="dev") == {"sts": ["stsb", "sickr"], "transfer": ["trec"]}
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_eval_align_uniform_and_rank_tables(tiny_model, data_dir, tmp_path, capsys):
+    out = tmp_path / "space.json"
+    assert main(["eval", tiny_model, "--tasks", "rank,align_uniform", "--data-dir", str(data_dir),
+                 "--json", str(out)]) == 0  # fmt: skip
+    tables = capsys.readouterr().out.split("\n\n")
+    assert len(tables) == 2  # one per family, in the fixed family order
+    assert tables[0].splitlines()[2].split()[0] == "align" and tables[1].splitlines()[-1].split()[0] == "anisotropy"
+    metrics = json.loads(out.read_text(encoding="utf-8"))["metrics"]
+    assert {"align", "uniform", "effective_rank", "rank", "anisotropy"} <= set(metrics)
+    assert metrics["align"] >= 0 and metrics["uniform"] <= 0 and 1 <= metrics["effective_rank"] <= 32
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_eval_mixes_sts_and_a_subsampled_transfer_task(tiny_model, data_dir, tmp_path, capsys, monkeypatch):
+    import functools
+
+    import csekit.cli.eval as eval_command
+    from csekit.evaluation.transfer import TransferEvaluator
+
+    # The full TREC protocol is minutes of CPU; 80 examples a split exercise the same path in a second.
+    monkeypatch.setattr(eval_command, "TransferEvaluator", functools.partial(TransferEvaluator, limit=80))
+    out = tmp_path / "mixed.json"
+    assert main(["eval", tiny_model, "--tasks", "sickr,trec", "--mode", "dev", "--transfer-mode", "fasttest",
+                 "--data-dir", str(data_dir), "--json", str(out)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "transfer fasttest" in printed.splitlines()[0]
+    sts_table, transfer_table = printed.split("\n\n")
+    assert [line.split()[0] for line in sts_table.splitlines()[3:]] == ["SICK-R", "avg"]
+    assert [line.split()[0] for line in transfer_table.splitlines()[2:]] == ["TREC", "avg"]
+    record = json.loads(out.read_text(encoding="utf-8"))
+    metrics = record["metrics"]
+    assert record["transfer_mode"] == "fasttest"
+    assert metrics["avg"] == metrics["sickr"] and metrics["transfer/avg"] == metrics["trec"]
+    assert {"trec/dev"} <= set(metrics) and 0 <= metrics["trec"] <= 100
+
+
+def test_unknown_task_error_names_the_families(tiny_model, data_dir, capsys):
+    assert main(["eval", tiny_model, "--tasks", "mr,sst5", "--data-dir", str(data_dir)]) == 2
+    err = _one_line_error(capsys)
+    assert "'sst5'" in err and "transfer" in err and "align_uniform" in err

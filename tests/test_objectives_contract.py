@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_tiny_encoder
 
 from csekit.data.collate import pad_batch
 from csekit.objectives import OBJECTIVES, Objective, build_objective
 from csekit.training.grad_cache import grad_cache_step
-from conftest import make_tiny_encoder
 
 TEXTS = ["a man plays the guitar .", "two dogs run .", "the market fell today .", "she slices an onion .",
          "kids play in the snow .", "a red car ."]  # fmt: skip

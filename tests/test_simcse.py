@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from conftest import BERT_MINI, make_tiny_encoder
 
 from csekit.objectives import build_objective
 from csekit.training.config import TrainConfig
 from csekit.training.trainer import build_model
-from conftest import BERT_MINI, make_tiny_encoder
 
 SENTENCES = ["a man plays the guitar .", "two dogs run in a field .", "the stock market fell today .",
              "a woman is slicing an onion ."]  # fmt: skip

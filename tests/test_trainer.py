@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import make_tiny_encoder
 from safetensors.torch import load_file
 
 from csekit.cli.main import main
-from conftest import make_tiny_encoder
 
 SENTENCES = [f"sentence number {i} says {word} things ." for i, word in enumerate(
     "red blue green small large quick slow happy sad bright dark warm cold soft loud quiet".split() * 3)]  # fmt: skip

@@ -1,4 +1,4 @@
-"""``csekit eval MODEL``: the STS table of a model, printed and optionally written as JSON."""
+"""``csekit eval MODEL``: STS, transfer and embedding-space tables of a model, printed and optionally as JSON."""
 
 from __future__ import annotations
 
@@ -7,16 +7,42 @@ import json
 import time
 from pathlib import Path
 
+from csekit.errors import CsekitError
+from csekit.evaluation.alignment_uniformity import AlignmentUniformityEvaluator
+from csekit.evaluation.representation import RepresentationEvaluator
+from csekit.evaluation.sts import TASKS as STS_TASKS
 from csekit.evaluation.sts import TITLES, YEARLY_SUBSETS, STSEvaluator
+from csekit.evaluation.transfer import MODES as TRANSFER_MODES
+from csekit.evaluation.transfer import TITLES as TRANSFER_TITLES
+from csekit.evaluation.transfer import TRANSFER_TASKS, TransferEvaluator
 from csekit.models import POOLERS, load_encoder
+
+#: Evaluator families, in the order their tables print; each task name belongs to one.
+FAMILIES = ("sts", "transfer", "align_uniform", "rank")
 
 
 def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
-    parser = commands.add_parser(name, help="evaluate a model on STS12-16, STS-B and SICK-R")
+    parser = commands.add_parser(
+        name, help="evaluate a model: STS, SentEval transfer, alignment/uniformity, rank"
+    )
     parser.add_argument("model", help="sentence-transformers folder, Hugging Face model folder, or hub id")
-    parser.add_argument("--tasks", default="sts", help="'sts' (all seven) or a comma list: sts12,...,sts16,stsb,sickr")
-    parser.add_argument("--pooler", choices=list(POOLERS), help="override the model's pooler (default: saved one, or cls)")
-    parser.add_argument("--mode", choices=["test", "dev"], default="test", help="dev: STS-B dev and SICK-R trial")
+    parser.add_argument(
+        "--tasks", default="sts",
+        help="comma list mixing 'sts' (all seven) or sts12,...,sts16,stsb,sickr; 'transfer' (all seven) or "
+             "mr,cr,subj,mpqa,sst2,trec,mrpc; align_uniform; rank",
+    )  # fmt: skip
+    parser.add_argument(
+        "--pooler", choices=list(POOLERS), help="override the model's pooler (default: saved one, or cls)"
+    )
+    parser.add_argument(
+        "--mode", choices=["test", "dev"], default="test", help="STS only; dev: STS-B dev and SICK-R trial"
+    )
+    parser.add_argument(
+        "--transfer-mode",
+        choices=list(TRANSFER_MODES),
+        default="test",
+        help="SentEval classifier settings as in SimCSE's evaluation.py (fasttest: 5 folds, RMSprop)",
+    )
     parser.add_argument("--data-dir", help="SentEval downstream/ folder (default: $CSEKIT_DATA)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -24,19 +50,84 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
     parser.set_defaults(run=run)
 
 
+def split_tasks(spec: str, *, mode: str = "test") -> dict[str, list[str]]:
+    """Family -> its task names, from ``--tasks``; in dev mode 'sts' means STS-B dev and SICK-R trial."""
+    families: dict[str, list[str]] = {}
+    for name in (n.strip().lower() for n in spec.split(",") if n.strip()):
+        if name == "sts" or name in STS_TASKS:
+            family, names = "sts", (["stsb", "sickr"] if name == "sts" and mode == "dev" else [name])
+        elif name == "transfer" or name in TRANSFER_TASKS:
+            family, names = "transfer", [name]
+        elif name in ("align_uniform", "rank"):
+            family, names = name, [name]
+        else:
+            raise CsekitError(
+                f"unknown task {name!r}; choose sts, {', '.join(STS_TASKS)}, transfer, "
+                f"{', '.join(TRANSFER_TASKS)}, align_uniform or rank"
+            )
+        families.setdefault(family, []).extend(names)
+    if not families:
+        raise CsekitError("no task given")
+    return {family: families[family] for family in FAMILIES if family in families}
+
+
+def build_evaluators(args: argparse.Namespace) -> dict:
+    common = {"data_dir": args.data_dir, "batch_size": args.batch_size}
+    build = {
+        "sts": lambda tasks: STSEvaluator(tasks, mode=args.mode, **common),
+        "transfer": lambda tasks: TransferEvaluator(tasks, mode=args.transfer_mode, **common),
+        "align_uniform": lambda tasks: AlignmentUniformityEvaluator(**common),
+        "rank": lambda tasks: RepresentationEvaluator(**common),
+    }
+    return {family: build[family](tasks) for family, tasks in split_tasks(args.tasks, mode=args.mode).items()}
+
+
 def run(args: argparse.Namespace) -> int:
-    tasks = args.tasks if args.mode == "test" or args.tasks != "sts" else "stsb,sickr"
-    evaluator = STSEvaluator(tasks, mode=args.mode, data_dir=args.data_dir, batch_size=args.batch_size)
+    evaluators = build_evaluators(args)  # reads and verifies the data before the model loads
     encoder = load_encoder(args.model, pooler=args.pooler).to(_device(args.device))
     start = time.perf_counter()
-    metrics = evaluator.evaluate(encoder)
+    results = evaluate_all(evaluators, encoder, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
-    print(f"model {args.model}  pooler {encoder.pooler}  mode {args.mode}  ({seconds:.1f} s)")
-    print(format_table(metrics, evaluator.tasks))
+    setting = f"mode {args.mode}" + (f"  transfer {args.transfer_mode}" if "transfer" in evaluators else "")
+    print(f"model {args.model}  pooler {encoder.pooler}  {setting}  ({seconds:.1f} s)")
+    print("\n\n".join(TABLES[family](results[family], evaluator) for family, evaluator in evaluators.items()))
     if args.json_path:
-        record = {"model": args.model, "pooler": encoder.pooler, "mode": args.mode, "seconds": seconds, "metrics": metrics}
+        record = {"model": args.model, "pooler": encoder.pooler, "mode": args.mode, "seconds": seconds,
+                  "metrics": merge_metrics(results)}  # fmt: skip
+        if "transfer" in evaluators:
+            record["transfer_mode"] = args.transfer_mode
         Path(args.json_path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return 0
+
+
+def evaluate_all(evaluators: dict, encoder, *, batch_size: int) -> dict[str, dict[str, float]]:
+    """Each family's metrics, encoding every distinct sentence once for all of them.
+
+    Every csekit evaluator lists its ``sentences`` and scores a table of their embeddings with
+    ``score(table)``; align_uniform, rank and STS-B share most sentences, so one pass serves them all.
+    """
+    shared = {
+        family: e for family, e in evaluators.items() if hasattr(e, "sentences") and hasattr(e, "score")
+    }
+    texts = sorted({text for evaluator in shared.values() for text in evaluator.sentences})
+    table = encoder.encode(texts, batch_size=batch_size) if texts else None  # (S, H)
+    row = {text: i for i, text in enumerate(texts)}
+    results = {}
+    for family, evaluator in evaluators.items():
+        if family in shared:
+            results[family] = evaluator.score(table[[row[text] for text in evaluator.sentences]])
+        else:
+            results[family] = evaluator.evaluate(encoder)
+    return results
+
+
+def merge_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:
+    """One flat dict; the families' keys are disjoint except the transfer ``avg``, which becomes ``transfer/avg``."""
+    merged: dict[str, float] = {}
+    for family, metrics in results.items():
+        for key, value in metrics.items():
+            merged["transfer/avg" if family == "transfer" and key == "avg" else key] = value
+    return merged
 
 
 def format_table(metrics: dict[str, float], tasks: list[str]) -> str:
@@ -53,6 +144,44 @@ def format_table(metrics: dict[str, float], tasks: list[str]) -> str:
         )
     rows.append(f"{'avg':<8} {metrics['avg']:9.2f}")
     return "\n".join(rows)
+
+
+def format_transfer_table(metrics: dict[str, float], tasks: list[str]) -> str:
+    """Test accuracy (SimCSE's transfer table), SentEval's dev accuracy, MRPC's F1, then the average."""
+    header = f"{'task':<8} {'acc':>7} {'dev':>7} {'f1':>7}"
+    rows = [header, "-" * len(header)]
+    for task in tasks:
+        f1 = f"{metrics['mrpc/f1']:7.2f}" if task == "mrpc" else ""
+        rows.append(
+            f"{TRANSFER_TITLES[task]:<8} {metrics[task]:7.2f} {metrics[f'{task}/dev']:7.2f} {f1}".rstrip()
+        )
+    rows.append(f"{'avg':<8} {metrics['avg']:7.2f}")
+    return "\n".join(rows)
+
+
+def format_align_uniform_table(metrics: dict[str, float]) -> str:
+    return "\n".join([
+        f"{'metric':<8} {'value':>8}  over (STS-B dev; lower is better)",
+        f"{'align':<8} {metrics['align']:8.4f}  {int(metrics['align/pairs'])} pairs with gold score > 4",
+        f"{'uniform':<8} {metrics['uniform']:8.4f}  {int(metrics['uniform/sentences'])} sentences",
+    ])  # fmt: skip
+
+
+def format_rank_table(metrics: dict[str, float]) -> str:
+    return "\n".join([
+        f"{'metric':<15} {'value':>8}  (STS-B dev, {int(metrics['sentences'])} sentences)",
+        f"{'effective_rank':<15} {metrics['effective_rank']:8.2f}",
+        f"{'rank':<15} {int(metrics['rank']):8d}",
+        f"{'anisotropy':<15} {metrics['anisotropy']:8.4f}",
+    ])  # fmt: skip
+
+
+TABLES = {
+    "sts": lambda metrics, evaluator: format_table(metrics, evaluator.tasks),
+    "transfer": lambda metrics, evaluator: format_transfer_table(metrics, evaluator.tasks),
+    "align_uniform": lambda metrics, evaluator: format_align_uniform_table(metrics),
+    "rank": lambda metrics, evaluator: format_rank_table(metrics),
+}
 
 
 def _device(name: str | None):

@@ -1,0 +1,561 @@
+"""SentEval's transfer tasks: a logistic regression trained on frozen sentence embeddings.
+
+Protocol (SentEval, Conneau & Kiela 2018, as SimCSE's ``evaluation.py`` runs it for Gao et al. 2021's
+transfer table, Appendix E). Each choice below is SentEval's code, function by function:
+
+- Readers (``binary.py``, ``sst.py``, ``trec.py``, ``mrpc.py``): MR/CR/SUBJ/MPQA are one sentence a
+  line (latin-1; the positive file is class 1, for SUBJ the *objective* file is), blank lines kept as
+  empty sentences; SST-2 ``sentence<TAB>label`` (UTF-8); TREC ``COARSE:fine question`` (latin-1, six
+  coarse classes); MRPC ``label, id, id, s1, s2`` (UTF-8, header skipped). Sentences are split on
+  whitespace and re-joined with single spaces (SimCSE's batcher).
+- Order: every split is sorted by (words, label) -- MRPC by (words of s1, words of s2, label) --
+  before anything else. The order is not cosmetic: it fixes the stratified folds and the batches.
+- Classifier (``tools/classifier.py``, ``MLP`` with ``nhid=0``): ``nn.Linear`` built after
+  ``torch.manual_seed(seed)``, cross-entropy (mean over the batch), Adam or RMSprop at torch's default
+  learning rate with ``weight_decay`` = the L2 penalty; ``epoch_size`` shuffled passes, then the
+  validation accuracy; the best weights are kept and training stops once the accuracy has failed to
+  improve ``tenacity`` + 1 times (or after 200 epochs).
+- Model selection (``tools/validation.py``, ``usepytorch=True``): L2 in ``[10**t for t in
+  range(-5, -1)]``. MR/CR/SUBJ/MPQA: ``InnerKFoldClassifier`` -- stratified k folds; in each, the L2
+  is chosen by an inner stratified k-fold on the training part (each inner model early-stops on its
+  own inner test fold), then refit with 5% held out for early stopping and tested on the outer fold;
+  accuracy is the mean over folds. SST-2: ``SplitClassifier`` -- select on dev, report test. TREC
+  and MRPC: ``KFoldClassifier`` -- k-fold L2 selection on train, refit (5% held out), test on test.
+  MRPC's features are ``np.c_[|u - v|, u * v]`` and it also reports F1 of class 1.
+- Settings (SimCSE's ``evaluation.py``): ``test`` = 10 folds, Adam, batch 64, tenacity 5, epoch size
+  4; ``fasttest`` = 5 folds, RMSprop, batch 128, tenacity 3, epoch size 2. Seed 1111.
+- Numbers are accuracies x100 rounded to 2 decimals at the same steps as SentEval; ``avg`` is their
+  plain mean, as in SimCSE's transfer table.
+
+Reproducing SentEval's random streams: each classifier reseeds numpy and torch in its constructor,
+so here each probe owns a ``RandomState(seed)`` and builds its layer under a seeded, forked torch
+generator; the folds are scikit-learn's ``StratifiedKFold(shuffle=True)`` assignment, re-implemented
+(see :func:`stratified_folds`). One difference: SentEval hard-codes ``random_state=1111`` for the
+MR/CR/SUBJ/MPQA folds; here ``seed`` drives those too (identical at the default seed).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from csekit.data.senteval import resolve_data_dir, verify_files
+from csekit.errors import CsekitError
+from csekit.evaluation.base import Encoder
+
+TRANSFER_TASKS: tuple[str, ...] = ("mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc")
+TITLES = {"mr": "MR", "cr": "CR", "subj": "SUBJ", "mpqa": "MPQA", "sst2": "SST2", "trec": "TREC",
+          "mrpc": "MRPC"}  # fmt: skip
+#: Files read per task, relative to downstream/. Binary tasks: (class 1 file, class 0 file).
+TASK_FILES: dict[str, tuple[str, ...]] = {
+    "mr": ("MR/rt-polarity.pos", "MR/rt-polarity.neg"),
+    "cr": ("CR/custrev.pos", "CR/custrev.neg"),
+    "subj": ("SUBJ/subj.objective", "SUBJ/subj.subjective"),
+    "mpqa": ("MPQA/mpqa.pos", "MPQA/mpqa.neg"),
+    "sst2": ("SST/binary/sentiment-train", "SST/binary/sentiment-dev", "SST/binary/sentiment-test"),
+    "trec": ("TREC/train_5500.label", "TREC/TREC_10.label"),
+    "mrpc": ("MRPC/msr_paraphrase_train.txt", "MRPC/msr_paraphrase_test.txt"),
+}
+#: Examples per split: a second check, after the checksums, that the reader read everything.
+EXPECTED_EXAMPLES: dict[str, dict[str, int]] = {
+    "mr": {"all": 10662}, "cr": {"all": 3775}, "subj": {"all": 10000}, "mpqa": {"all": 10606},
+    "sst2": {"train": 67349, "dev": 872, "test": 1821}, "trec": {"train": 5452, "test": 500},
+    "mrpc": {"train": 4076, "test": 1725},
+}  # fmt: skip
+TREC_CLASSES = {"ABBR": 0, "DESC": 1, "ENTY": 2, "HUM": 3, "LOC": 4, "NUM": 5}
+CLASSES = {"trec": len(TREC_CLASSES)}  # every other task is binary
+L2_GRID: tuple[float, ...] = tuple(10.0**t for t in range(-5, -1))  # validation.py, usepytorch=True
+
+
+@dataclass(frozen=True)
+class ProbeConfig:
+    """SentEval's ``kfold`` and ``classifier`` params (``nhid`` is 0: logistic regression)."""
+
+    kfold: int
+    optim: str  # "adam" | "rmsprop", at torch's default learning rate as in SentEval's get_optimizer
+    batch_size: int
+    tenacity: int
+    epoch_size: int
+    max_epoch: int = 200
+
+
+MODES = {
+    "test": ProbeConfig(kfold=10, optim="adam", batch_size=64, tenacity=5, epoch_size=4),
+    "fasttest": ProbeConfig(kfold=5, optim="rmsprop", batch_size=128, tenacity=3, epoch_size=2),
+}
+OPTIMIZERS = {"adam": torch.optim.Adam, "rmsprop": torch.optim.RMSprop}
+
+
+@dataclass(frozen=True)
+class Examples:
+    """One split's labelled examples, in SentEval's order."""
+
+    texts: list[str]
+    labels: np.ndarray  # (N,) int64
+    second: list[str] | None = None  # MRPC: the other sentence of each pair
+
+
+# ------------------------------------------------------------------------------------ reading
+def _decode(path: Path, encoding: str) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as error:
+        line = data.count(b"\n", 0, error.start) + 1
+        raise CsekitError(f"{path}:{line}: not {encoding.upper()} text ({error.reason})") from None
+
+
+def _file_lines(path: Path, encoding: str) -> list[str]:
+    """Lines as Python's text-mode ``for line in f`` yields them (SST, TREC, MRPC): \\n, \\r\\n or \\r."""
+    text = _decode(path, encoding).replace("\r\n", "\n").replace("\r", "\n")
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _label(text: str, allowed: range, path: Path, number: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = None
+    if value not in allowed:
+        raise CsekitError(f"{path}:{number}: label {text.strip()!r} is not one of {list(allowed)}")
+    return value
+
+
+def read_sentences(path: Path) -> list[str]:
+    """MR/CR/SUBJ/MPQA: one sentence a line, latin-1, blank lines kept (``f.read().splitlines()``)."""
+    return [_words(line) for line in _decode(path, "latin-1").splitlines()]
+
+
+def read_sst(path: Path) -> tuple[list[str], list[int]]:
+    """SST-2: ``sentence<TAB>0|1`` a line, UTF-8."""
+    texts, labels = [], []
+    for number, line in enumerate(_file_lines(path, "utf-8"), start=1):
+        fields = line.strip().split("\t")
+        if len(fields) != 2:
+            raise CsekitError(f"{path}:{number}: expected 'sentence<TAB>label', found {len(fields)} field(s)")
+        texts.append(_words(fields[0]))
+        labels.append(_label(fields[1], range(2), path, number))
+    return texts, labels
+
+
+def read_trec(path: Path) -> tuple[list[str], list[int]]:
+    """TREC: ``COARSE:fine question words``, latin-1; the class is the coarse label."""
+    texts, labels = [], []
+    for number, line in enumerate(_file_lines(path, "latin-1"), start=1):
+        coarse, colon, rest = line.strip().partition(":")
+        _fine, space, question = rest.partition(" ")
+        if not colon or not space:
+            raise CsekitError(
+                f"{path}:{number}: expected 'COARSE:fine question', found {line.strip()[:40]!r}"
+            )
+        if coarse not in TREC_CLASSES:
+            raise CsekitError(
+                f"{path}:{number}: unknown class {coarse!r}; expected one of {', '.join(TREC_CLASSES)}"
+            )
+        texts.append(_words(question))
+        labels.append(TREC_CLASSES[coarse])
+    return texts, labels
+
+
+def read_mrpc(path: Path) -> tuple[list[str], list[str], list[int]]:
+    """MRPC: header, then ``label<TAB>id<TAB>id<TAB>s1<TAB>s2``, UTF-8."""
+    first, second, labels = [], [], []
+    for number, line in enumerate(_file_lines(path, "utf-8"), start=1):
+        if number == 1:
+            continue  # SentEval drops the first row unread: the header
+        fields = line.strip().split("\t")
+        if len(fields) != 5:
+            raise CsekitError(f"{path}:{number}: expected 5 tab-separated fields, found {len(fields)}")
+        first.append(_words(fields[3]))
+        second.append(_words(fields[4]))
+        labels.append(_label(fields[0], range(2), path, number))
+    return first, second, labels
+
+
+def _sentEval_order(texts: list[str], labels: list[int], second: list[str] | None = None) -> Examples:
+    """Sort as SentEval's ``run`` does: by word count (of each side, for pairs), then label; stable."""
+    if second is None:
+        order = sorted(range(len(texts)), key=lambda i: (len(texts[i].split()), labels[i]))
+    else:
+        order = sorted(
+            range(len(texts)), key=lambda i: (len(texts[i].split()), len(second[i].split()), labels[i])
+        )
+    return Examples(
+        texts=[texts[i] for i in order],
+        labels=np.asarray([labels[i] for i in order], dtype=np.int64),
+        second=None if second is None else [second[i] for i in order],
+    )
+
+
+def load_transfer_task(data_dir: Path, task: str, *, verify: bool = True) -> dict[str, Examples]:
+    """Split name ("all" for the cross-validated tasks, else train/dev/test) -> examples."""
+    files = TASK_FILES[task]
+    if verify:
+        verify_files(data_dir, files)
+    paths = [data_dir / relative for relative in files]
+    if task in ("mr", "cr", "subj", "mpqa"):
+        positive, negative = read_sentences(paths[0]), read_sentences(paths[1])
+        splits = {"all": _sentEval_order(positive + negative, [1] * len(positive) + [0] * len(negative))}
+    elif task == "sst2":
+        splits = {
+            name: _sentEval_order(*read_sst(path)) for name, path in zip(("train", "dev", "test"), paths)
+        }
+    elif task == "trec":
+        splits = {name: _sentEval_order(*read_trec(path)) for name, path in zip(("train", "test"), paths)}
+    else:
+        splits = {}
+        for name, path in zip(("train", "test"), paths):
+            first, second, labels = read_mrpc(path)
+            splits[name] = _sentEval_order(first, labels, second)
+    counts = {name: len(split.labels) for name, split in splits.items()}
+    if verify and counts != EXPECTED_EXAMPLES[task]:
+        raise CsekitError(f"{task} has {counts} examples in {data_dir}, expected {EXPECTED_EXAMPLES[task]}")
+    return splits
+
+
+def parse_transfer_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
+    """``"transfer"`` (the seven), or names separated by commas: ``"mr,trec"``."""
+    names = spec.split(",") if isinstance(spec, str) else list(spec)
+    tasks: list[str] = []
+    for name in (n.strip().lower() for n in names if n.strip()):
+        for task in TRANSFER_TASKS if name == "transfer" else (name,):
+            if task not in TRANSFER_TASKS:
+                raise CsekitError(
+                    f"unknown task {name!r}; choose 'transfer' or some of {', '.join(TRANSFER_TASKS)}"
+                )
+            if task not in tasks:
+                tasks.append(task)
+    if not tasks:
+        raise CsekitError("no task given")
+    return tasks
+
+
+# ------------------------------------------------------------------------------------ folds
+def stratified_folds(labels: np.ndarray, k: int, *, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, test) indices of scikit-learn's ``StratifiedKFold(k, shuffle=True, random_state=seed)``.
+
+    The same assignment, so the folds equal SentEval's: classes numbered by first appearance, each
+    class's fold sizes from a round robin over the sorted labels, its fold ids shuffled by a fresh
+    ``RandomState(seed)`` (one stream for all classes, in class order).
+    """
+    labels = np.asarray(labels)
+    if k < 2 or k > len(labels):
+        raise CsekitError(f"cannot split {len(labels)} examples into {k} folds")
+    _, first_index, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    _, class_of_first = np.unique(first_index, return_inverse=True)
+    encoded = class_of_first[inverse.reshape(-1)]  # (N,) class ids by order of appearance
+    classes = len(first_index)
+    if np.all(np.bincount(encoded) < k):
+        raise CsekitError(f"cannot stratify into {k} folds: every class has fewer than {k} examples")
+    ordered = np.sort(encoded)
+    allocation = np.asarray([np.bincount(ordered[i::k], minlength=classes) for i in range(k)])  # (k, C)
+    rng = np.random.RandomState(seed)
+    test_fold = np.empty(len(labels), dtype=np.int64)
+    for label in range(classes):
+        folds = np.arange(k).repeat(allocation[:, label])
+        rng.shuffle(folds)
+        test_fold[encoded == label] = folds
+    indices = np.arange(len(labels))
+    return [(indices[test_fold != fold], indices[test_fold == fold]) for fold in range(k)]
+
+
+# ------------------------------------------------------------------------------------ classifier
+class LinearProbe:
+    """Logistic regression trained as SentEval's ``PyTorchClassifier`` trains its ``MLP(nhid=0)``."""
+
+    def __init__(self, dim: int, classes: int, *, l2: float, config: ProbeConfig, seed: int, device="cpu"):
+        with torch.random.fork_rng(devices=[]):  # SentEval calls torch.manual_seed(seed) here
+            torch.manual_seed(seed)
+            self.linear = nn.Linear(dim, classes)
+        self.linear.to(device)
+        self.device = torch.device(device)
+        self.rng = np.random.RandomState(seed)  # SentEval: np.random.seed(seed), then shuffles from it
+        self.config = config
+        self.optimizer = OPTIMIZERS[config.optim](self.linear.parameters(), weight_decay=l2)
+
+    def fit(
+        self,
+        features: np.ndarray,
+        labels: np.ndarray,
+        *,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+        validation_split: float = 0.05,
+    ) -> float:
+        """Train with early stopping on ``validation``, else on a random ``validation_split`` of the data.
+
+        Returns the best validation accuracy (in [0, 1]); the probe keeps the weights that reached it.
+        """
+        if validation is None:
+            order = self.rng.permutation(len(features))
+            cut = max(1, int(validation_split * len(features)))  # SentEval divides by zero at 0
+            validation = features[order[:cut]], labels[order[:cut]]
+            features, labels = features[order[cut:]], labels[order[cut:]]
+        x, y = self._tensors(features, labels)
+        dev_x, dev_y = self._tensors(*validation)
+        best, best_state, strikes, epoch = -1.0, None, 0, 0
+        while epoch <= self.config.max_epoch:
+            for _ in range(self.config.epoch_size):
+                self._one_pass(x, y)
+            epoch += self.config.epoch_size
+            accuracy = self._accuracy(dev_x, dev_y)
+            if accuracy > best:
+                best, best_state = accuracy, {k: v.clone() for k, v in self.linear.state_dict().items()}
+            else:
+                if strikes >= self.config.tenacity:
+                    break
+                strikes += 1  # never reset: SentEval counts every non-improving epoch
+        self.linear.load_state_dict(best_state)
+        return best
+
+    def _one_pass(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.linear.train()
+        order = torch.from_numpy(self.rng.permutation(len(x))).to(self.device)
+        for start in range(0, len(x), self.config.batch_size):
+            batch = order[start : start + self.config.batch_size]
+            loss = F.cross_entropy(
+                self.linear(x[batch]), y[batch]
+            )  # mean: SentEval's size_average=False is inert
+            self.optimizer.zero_grad()
+            loss.backward()
+            self.optimizer.step()
+
+    def _tensors(self, features: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return (torch.as_tensor(features, dtype=torch.float32, device=self.device),
+                torch.as_tensor(labels, dtype=torch.int64, device=self.device))  # fmt: skip
+
+    @torch.no_grad()
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        self.linear.eval()
+        return self.linear(x).argmax(dim=1)
+
+    def _accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        return int((self._predict(x) == y).sum()) / len(y)  # SentEval: 1.0 * correct / len
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self._predict(torch.as_tensor(features, dtype=torch.float32, device=self.device)).cpu().numpy()
+
+    def score(self, features: np.ndarray, labels: np.ndarray) -> float:
+        return self._accuracy(*self._tensors(features, labels))
+
+
+# ------------------------------------------------------------------------------------ protocols
+def _percent(accuracy: float) -> float:
+    return round(100 * accuracy, 2)  # SentEval: round(100 * clf.score(...), 2)
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.round(np.mean(values), 2))  # SentEval rounds numpy means: np.round, not round()
+
+
+def _mean_percent(accuracies: list[float]) -> float:
+    return float(np.round(100 * np.mean(accuracies), 2))  # SentEval: round(100 * np.mean(regscores), 2)
+
+
+@dataclass(frozen=True)
+class ProbeFactory:
+    """Builds SentEval's classifier for one task: features' width, classes, settings, seed, device."""
+
+    dim: int
+    classes: int
+    config: ProbeConfig
+    seed: int
+    device: str | torch.device = "cpu"
+
+    def __call__(self, l2: float) -> LinearProbe:
+        return LinearProbe(
+            self.dim, self.classes, l2=l2, config=self.config, seed=self.seed, device=self.device
+        )
+
+
+@contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run with ``count`` intra-op CPU threads, then restore torch's setting (None: leave it).
+
+    A probe's matmuls are tiny (batch x width x classes): threads only add synchronisation, and on a
+    busy machine a 2-thread pass over 9k examples measured 60x slower than a 1-thread one.
+    """
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _kfold_l2(make: ProbeFactory, x: np.ndarray, y: np.ndarray, folds) -> tuple[float, float]:
+    """Each L2's mean accuracy over ``folds`` (each model early-stops on its own test fold) -> best (l2, %)."""
+    scores = []
+    for l2 in L2_GRID:
+        fold_scores = []
+        for train, test in folds:
+            probe = make(l2)
+            probe.fit(x[train], y[train], validation=(x[test], y[test]))
+            fold_scores.append(probe.score(x[test], y[test]))
+        scores.append(_mean_percent(fold_scores))
+    best = int(np.argmax(scores))  # the first of tied scores, as np.argmax in SentEval
+    return L2_GRID[best], scores[best]
+
+
+def inner_kfold_accuracy(make: ProbeFactory, x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """SentEval's ``InnerKFoldClassifier``: (dev %, test %), nested stratified k-fold."""
+    k, seed = make.config.kfold, make.seed
+    dev_scores, test_scores = [], []
+    for train, test in stratified_folds(y, k, seed=seed):
+        x_train, y_train = x[train], y[train]
+        l2, dev = _kfold_l2(make, x_train, y_train, stratified_folds(y_train, k, seed=seed))
+        probe = make(l2)
+        probe.fit(x_train, y_train, validation_split=0.05)
+        dev_scores.append(dev)
+        test_scores.append(_percent(probe.score(x[test], y[test])))
+    return _mean(dev_scores), _mean(test_scores)
+
+
+def kfold_accuracy(
+    make: ProbeFactory, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
+) -> tuple[float, float, np.ndarray]:
+    """SentEval's ``KFoldClassifier``: (dev %, test %, test predictions), L2 chosen by k-fold on train."""
+    x, y = train
+    l2, dev = _kfold_l2(make, x, y, stratified_folds(y, make.config.kfold, seed=make.seed))
+    probe = make(l2)
+    probe.fit(x, y, validation_split=0.05)
+    return dev, _percent(probe.score(*test)), probe.predict(test[0])
+
+
+def split_accuracy(
+    make: ProbeFactory, train: tuple[np.ndarray, np.ndarray], dev: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+) -> tuple[float, float]:  # fmt: skip
+    """SentEval's ``SplitClassifier``: (dev %, test %), L2 chosen on dev."""
+    best_score, best_probe = -1.0, None
+    for l2 in L2_GRID:
+        probe = make(l2)
+        probe.fit(*train, validation=dev)
+        score = _percent(probe.score(*dev))
+        if score > best_score:  # strict: the first of tied scores, as np.argmax
+            best_score, best_probe = score, probe
+    # SentEval refits the chosen L2 from the same seed, which reproduces this very probe: keep it instead.
+    return best_score, _percent(best_probe.score(*test))
+
+
+def binary_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
+    """F1 of class 1 (scikit-learn's ``f1_score`` default; 0 when there is no positive at all)."""
+    true_positive = int(np.sum((predictions == 1) & (labels == 1)))
+    wrong = int(np.sum(predictions != labels))
+    return 0.0 if true_positive == 0 else 2 * true_positive / (2 * true_positive + wrong)
+
+
+# ------------------------------------------------------------------------------------ evaluator
+class TransferEvaluator:
+    """Evaluate SentEval transfer tasks; ``evaluate(model)`` returns flat metrics, ``avg`` being the headline.
+
+    Keys: ``<task>`` (test accuracy x100), ``<task>/dev`` (SentEval's ``devacc``: the selection
+    score), ``mrpc/f1``, and ``avg`` over the tasks evaluated. ``limit`` keeps a seeded random subset
+    of at most that many examples per split (smoke tests and quick looks: not SentEval's numbers).
+    ``device`` is where the probes train; ``threads`` the CPU threads they use (see :func:`torch_threads`).
+    """
+
+    primary_metric = "avg"
+
+    def __init__(
+        self,
+        tasks: str | list[str] | tuple[str, ...] = TRANSFER_TASKS,
+        *,
+        mode: str = "test",
+        data_dir: str | os.PathLike | None = None,
+        batch_size: int = 128,
+        seed: int = 1111,
+        verify: bool = True,
+        limit: int | None = None,
+        device: str | torch.device = "cpu",
+        threads: int | None = 1,
+    ):
+        if mode not in MODES:
+            raise CsekitError(f"transfer mode must be one of {', '.join(MODES)}, not {mode!r}")
+        self.tasks = parse_transfer_tasks(tasks)
+        self.mode, self.config = mode, MODES[mode]
+        self.batch_size, self.seed, self.device, self.threads = batch_size, seed, device, threads
+        self.data_dir = resolve_data_dir(data_dir)
+        self.data = {task: load_transfer_task(self.data_dir, task, verify=verify) for task in self.tasks}
+        if limit is not None:
+            self.data = {task: {name: _subsample(split, limit, seed) for name, split in splits.items()}
+                         for task, splits in self.data.items()}  # fmt: skip
+        # Each distinct sentence once, for all tasks together.
+        texts = {
+            t for splits in self.data.values() for s in splits.values() for t in (*s.texts, *(s.second or ()))
+        }
+        self.sentences = sorted(texts)
+
+    def evaluate(self, model: Encoder) -> dict[str, float]:
+        table = model.encode(self.sentences, batch_size=self.batch_size)  # (S, H)
+        return self.score(table)
+
+    def score(self, table: np.ndarray) -> dict[str, float]:
+        """Metrics from embeddings of ``self.sentences`` (row i embeds sentence i)."""
+        row = {text: i for i, text in enumerate(self.sentences)}
+        results: dict[str, float] = {}
+        with torch_threads(self.threads):
+            for task in self.tasks:
+                results.update(run_task(task, self.data[task], lambda texts: table[[row[t] for t in texts]],
+                                        config=self.config, seed=self.seed, device=self.device))  # fmt: skip
+        results["avg"] = float(np.mean([results[task] for task in self.tasks]))
+        return results
+
+
+def run_task(
+    task: str,
+    splits: dict[str, Examples],
+    embed: Callable[[list[str]], np.ndarray],
+    *,
+    config: ProbeConfig,
+    seed: int = 1111,
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """One task's metrics; ``embed`` maps texts to their (N, H) embeddings."""
+
+    def features(split: Examples) -> tuple[np.ndarray, np.ndarray]:
+        if split.second is None:
+            return embed(split.texts), split.labels
+        first, second = embed(split.texts), embed(split.second)  # (N, H) each
+        return np.c_[
+            np.abs(first - second), first * second
+        ], split.labels  # (N, 2H): SentEval's MRPC features
+
+    data = {name: features(split) for name, split in splits.items()}
+    dim = next(iter(data.values()))[0].shape[1]
+    make = ProbeFactory(dim, CLASSES.get(task, 2), config, seed, device)
+    if "all" in data:
+        dev, test = inner_kfold_accuracy(make, *data["all"])
+    elif "dev" in data:
+        dev, test = split_accuracy(make, data["train"], data["dev"], data["test"])
+    else:
+        dev, test, predictions = kfold_accuracy(make, data["train"], data["test"])
+    results = {task: test, f"{task}/dev": dev}
+    if task == "mrpc":
+        results["mrpc/f1"] = _percent(binary_f1(data["test"][1], predictions))
+    return results
+
+
+def _subsample(split: Examples, limit: int, seed: int) -> Examples:
+    if len(split.labels) <= limit:
+        return split
+    keep = np.sort(np.random.default_rng(seed).choice(len(split.labels), size=limit, replace=False))
+    return replace(
+        split,
+        texts=[split.texts[i] for i in keep],
+        labels=split.labels[keep],
+        second=None if split.second is None else [split.second[i] for i in keep],
+    )
