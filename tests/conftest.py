@@ -11,6 +11,10 @@ from transformers import AutoTokenizer, BertConfig, BertModel
 
 from csekit.models import SentenceEncoder
 
+# Tiny models gain nothing from a second thread, and one thread everywhere (subprocesses included)
+# keeps float reductions in the same order, so runs compare bit for bit.
+torch.set_num_threads(1)
+
 SHARED = Path(os.environ.get("CSEKIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 DATA_DIR = SHARED / "data" / "senteval" / "downstream"
 BERT_MINI = SHARED / "models" / "bert-mini-mlm"
