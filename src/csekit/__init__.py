@@ -4,4 +4,4 @@ from csekit.errors import CsekitError
 from csekit.models import POOLERS, SentenceEncoder, load_encoder, save_encoder
 
 __version__ = "0.1.0"
-__all__ = ["CsekitError", "POOLERS", "SentenceEncoder", "load_encoder", "save_encoder", "__version__"]
+__all__ = ["POOLERS", "CsekitError", "SentenceEncoder", "__version__", "load_encoder", "save_encoder"]

@@ -27,7 +27,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from csekit.data.senteval import resolve_data_dir, verify_files
 from csekit.errors import CsekitError
-from csekit.evaluation.base import Encoder
+from csekit.evaluation.base import Encoder, parse_task_names
 
 #: SentEval's STS12–16 subsets (STS13 has no SMT subset: its licence forbids redistribution).
 YEARLY_SUBSETS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -149,18 +149,7 @@ def load_task(data_dir: Path, task: str, mode: str = "test", *, verify: bool = T
 
 def parse_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """``"sts"`` (the seven), or names separated by commas: ``"sts12,stsb"``."""
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    tasks: list[str] = []
-    for name in (n.strip().lower() for n in names if n.strip()):
-        chosen = list(TASKS) if name == "sts" else [name]
-        for task in chosen:
-            if task not in TASKS:
-                raise CsekitError(f"unknown task {name!r}; choose 'sts' or some of {', '.join(TASKS)}")
-            if task not in tasks:
-                tasks.append(task)
-    if not tasks:
-        raise CsekitError("no task given")
-    return tasks
+    return parse_task_names(spec, known=TASKS, group="sts")
 
 
 # ------------------------------------------------------------------------------------ scoring

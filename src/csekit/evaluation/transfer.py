@@ -49,7 +49,7 @@ from torch.nn import functional as F
 
 from csekit.data.senteval import resolve_data_dir, verify_files
 from csekit.errors import CsekitError
-from csekit.evaluation.base import Encoder
+from csekit.evaluation.base import Encoder, parse_task_names
 
 TRANSFER_TASKS: tuple[str, ...] = ("mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc")
 TITLES = {"mr": "MR", "cr": "CR", "subj": "SUBJ", "mpqa": "MPQA", "sst2": "SST2", "trec": "TREC",
@@ -228,19 +228,7 @@ def load_transfer_task(data_dir: Path, task: str, *, verify: bool = True) -> dic
 
 def parse_transfer_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
     """``"transfer"`` (the seven), or names separated by commas: ``"mr,trec"``."""
-    names = spec.split(",") if isinstance(spec, str) else list(spec)
-    tasks: list[str] = []
-    for name in (n.strip().lower() for n in names if n.strip()):
-        for task in TRANSFER_TASKS if name == "transfer" else (name,):
-            if task not in TRANSFER_TASKS:
-                raise CsekitError(
-                    f"unknown task {name!r}; choose 'transfer' or some of {', '.join(TRANSFER_TASKS)}"
-                )
-            if task not in tasks:
-                tasks.append(task)
-    if not tasks:
-        raise CsekitError("no task given")
-    return tasks
+    return parse_task_names(spec, known=TRANSFER_TASKS, group="transfer")
 
 
 # ------------------------------------------------------------------------------------ folds

@@ -4,4 +4,4 @@ from csekit.models.encoder import MLPHead, SentenceEncoder
 from csekit.models.io import load_encoder, save_encoder
 from csekit.models.pooling import POOLERS
 
-__all__ = ["MLPHead", "POOLERS", "SentenceEncoder", "load_encoder", "save_encoder"]
+__all__ = ["POOLERS", "MLPHead", "SentenceEncoder", "load_encoder", "save_encoder"]

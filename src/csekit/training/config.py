@@ -158,11 +158,12 @@ def _field_docs(cls: type) -> dict[str, str]:
     """The string literal under each field (attribute docstrings) from the class source."""
     import ast
     import inspect
+    import itertools
 
     tree = ast.parse(inspect.getsource(cls))
     body = tree.body[0].body
     docs = {}
-    for node, following in zip(body, body[1:]):
+    for node, following in itertools.pairwise(body):
         if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr):
             if isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
                 docs[node.target.id] = following.value.value

@@ -318,5 +318,3 @@ class _MetricsLog:
         if self.writer is not None:
             self.writer.close()
 
-
-__all__ = ["TrainResult", "train", "set_dropout", "Objective"]
