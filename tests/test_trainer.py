@@ -160,3 +160,12 @@ def test_malformed_training_line_names_file_and_line_unless_skipped(tmp_path, ti
     assert f"{data}:{len(SENTENCES) + 3}:" in error and len(error.splitlines()) == 1
     assert main(["train", str(recipe), "--skip-bad-lines"]) == 0
     assert "2 empty skipped, 1 bad skipped" in capsys.readouterr().err
+
+
+def test_compare_sts_prints_the_start_and_trained_columns(tmp_path, tiny_model, capsys, data_dir):
+    recipe = write_recipe(tmp_path, tiny_model, max_steps=2, pooler="cls", data_dir=str(data_dir))
+    assert main(["train", str(recipe), "--compare-sts"]) == 0
+    out = capsys.readouterr().out
+    assert "start (cls)" in out and "start (mean)" in out and "trained" in out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["avg"], ["STS-B"])}
+    assert len(rows["avg"]) == 3 and all(-100 <= float(value) <= 100 for value in rows["avg"])

@@ -45,13 +45,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def compare_sts(start: str, start_pooler: str, trained: str, *, data_dir: str | None) -> None:
-    """The seven-task STS test table of the starting model and the trained one, side by side."""
+    """The seven-task STS test table of the starting model (under the recipe's pooler, and under mean
+    pooling, the stronger untrained baseline) beside the trained one."""
     from csekit.evaluation.sts import TASKS, TITLES, STSEvaluator
     from csekit.models import load_encoder
 
     evaluator = STSEvaluator(TASKS, mode="test", data_dir=data_dir)
-    before = evaluator.evaluate(load_encoder(start, pooler=start_pooler))
-    after = evaluator.evaluate(load_encoder(trained))
-    print(f"{'STS test':<8} {'before':>8} {'after':>8}")
+    columns = {f"start ({start_pooler})": load_encoder(start, pooler=start_pooler)}
+    if start_pooler != "mean":
+        columns["start (mean)"] = load_encoder(start, pooler="mean")
+    columns["trained"] = load_encoder(trained)
+    scores = {name: evaluator.evaluate(model) for name, model in columns.items()}
+    print("STS test, Spearman x100\n" + f"{'task':<8}" + "".join(f"{name:>22}" for name in scores))
     for task in (*TASKS, "avg"):
-        print(f"{TITLES.get(task, task):<8} {before[task]:8.2f} {after[task]:8.2f}")
+        print(f"{TITLES.get(task, task):<8}" + "".join(f"{metrics[task]:22.2f}" for metrics in scores.values()))
