@@ -103,8 +103,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                 else:
                     terms = objective(encoder, batch)
                     (sum(terms.values()) / config.gradient_accumulation).backward()
-            for name, value in terms.items():
-                accumulated[name] = accumulated.get(name, 0.0) + float(value.detach()) / config.gradient_accumulation
+            for name, value in terms.items():  # tensors: no device sync until a step is logged
+                accumulated[name] = accumulated.get(name, 0.0) + value.detach() / config.gradient_accumulation
             state.batches_in_epoch += 1
             state.examples += len(next(iter(batch.values()))["input_ids"])
             micro += 1
@@ -123,7 +123,8 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
 
             rate = (state.examples - examples_at_start) * world_size / (time.perf_counter() - started)
             if state.step % config.logging_steps == 0 or state.step == total_steps:
-                record = {f"train/{name}": value for name, value in _mean_across_ranks(accumulated).items()}
+                losses = {name: float(value) for name, value in accumulated.items()}
+                record = {f"train/{name}": value for name, value in _mean_across_ranks(losses).items()}
                 record.update({"train/loss": sum(record.values()), "train/lr": scheduler.get_last_lr()[0],
                                "train/examples_per_s": rate, "train/epoch": state.epoch,
                                "train/elapsed_s": time.perf_counter() - started})  # fmt: skip
