@@ -22,9 +22,8 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from csekit.data.batches import Batch
 from csekit.models.encoder import SentenceEncoder
-
-Batch = dict[str, dict[str, Tensor]]
 
 
 class Objective(nn.Module):
