@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from csekit.errors import CsekitError
 from csekit.models import POOLERS
 from csekit.objectives import OBJECTIVES
 from csekit.training.config import TrainConfig
@@ -43,3 +44,13 @@ def test_overrides_accept_the_ways_users_write_numbers(tmp_path):
     config = TrainConfig.from_yaml(recipe, ["batch_size=16", "temperature=0.1", "max_steps=null"])
     assert config.learning_rate == 3e-5 and config.batch_size == 16 and config.temperature == 0.1
     assert config.max_steps is None and config.train_files == ["a.txt"]
+
+
+def test_objective_options_come_from_the_recipe_and_dotted_overrides(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: m\ntrain_files: a.txt\noptions: {dup_rate: 0.32, queue_size: 64}\n", encoding="utf-8")
+    config = TrainConfig.from_yaml(recipe, ["options.dup_rate=0.2", "options.momentum=0.995"])
+    assert config.options == {"dup_rate": 0.2, "queue_size": 64, "momentum": 0.995}
+    recipe.write_text("model: m\noptions: [1, 2]\n", encoding="utf-8")
+    with pytest.raises(CsekitError, match="options must be a mapping"):
+        TrainConfig.from_yaml(recipe)

@@ -17,14 +17,24 @@ OBJECTIVES: dict[str, type[Objective]] = {
 }
 
 
-def build_objective(name: str, encoder: SentenceEncoder, **options: Any) -> Objective:
-    """Instantiate ``name`` with the options its constructor accepts (the rest belong to other objectives)."""
+def build_objective(
+    name: str, encoder: SentenceEncoder, *, options: dict[str, Any] | None = None, **shared: Any
+) -> Objective:
+    """Instantiate ``name``.
+
+    ``shared`` are recipe-wide keys (temperature, model, ...): each objective takes the ones its
+    constructor accepts. ``options`` are meant for this objective alone, so an unknown one is an error.
+    """
     try:
         cls = OBJECTIVES[name]
     except KeyError:
         raise CsekitError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}") from None
-    accepted = inspect.signature(cls.__init__).parameters
-    return cls(encoder, **{key: value for key, value in options.items() if key in accepted})
+    accepted = [key for key in inspect.signature(cls.__init__).parameters if key not in ("self", "encoder")]
+    unknown = sorted(set(options or {}) - set(accepted))
+    if unknown:
+        raise CsekitError(f"objective {name!r} has no option(s) {', '.join(unknown)}; it accepts {', '.join(accepted)}")
+    kwargs = {key: value for key, value in shared.items() if key in accepted}
+    return cls(encoder, **kwargs, **(options or {}))
 
 
 __all__ = ["OBJECTIVES", "Batch", "Objective", "build_objective"]

@@ -9,7 +9,8 @@ An objective is split in two so that wrappers compose without knowing the method
   gathering happens inside the loss functions). The trainer minimises the sum of the terms and logs
   each one.
 
-``forward(encoder, batch)`` is ``loss(embed(encoder, batch), batch)``. An objective owns its extra
+``after_step(encoder)`` runs after each optimizer step, for state that follows the weights
+(ESimCSE's momentum encoder). ``forward(encoder, batch)`` is ``loss(embed(encoder, batch), batch)``. An objective owns its extra
 modules (momentum encoder, generator, prompts); frozen helpers stay in eval mode with no gradients.
 
 A batch is ``{field: {"input_ids": (B, T), "attention_mask": (B, T), ...}}``: one tokenized text
@@ -40,6 +41,9 @@ class Objective(nn.Module):
 
     def forward(self, encoder: SentenceEncoder, batch: Batch) -> dict[str, Tensor]:
         return self.loss(self.embed(encoder, batch), batch)
+
+    def after_step(self, encoder: SentenceEncoder) -> None:
+        """Called after every optimizer step (a momentum encoder follows the encoder here)."""
 
     def train(self, mode: bool = True) -> Objective:
         """Like ``nn.Module.train``, but frozen helpers (``self.frozen_modules()``) stay in eval mode."""

@@ -40,6 +40,8 @@ class TrainConfig:
     """Weight of the auxiliary masked-LM loss (SimCSE's ``do_mlm`` uses 0.1); 0 turns it off."""
     mlm_probability: float = 0.15
     """Share of tokens masked for the auxiliary MLM loss."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Method-specific options of the objective (e.g. ``dup_rate``, ``queue_size``); ``--set options.NAME=V``."""
     # --- data
     train_files: list[str] = field(default_factory=list)
     """Training files: .txt (one sentence a line), .csv/.tsv/.jsonl with the objective's columns."""
@@ -114,7 +116,11 @@ class TrainConfig:
             key, sep, text = override.partition("=")
             if not sep:
                 raise CsekitError(f"--set {override!r}: expected key=value")
-            values[key.strip()] = yaml.safe_load(text) if text.strip() else None
+            key, value = key.strip(), yaml.safe_load(text) if text.strip() else None
+            if key.startswith("options."):  # one objective option, e.g. options.dup_rate=0.3
+                values["options"] = {**(values.get("options") or {}), key.removeprefix("options."): value}
+            else:
+                values[key] = value
         return cls.from_dict(values, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -135,6 +141,12 @@ def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
             return None
         hint = next(arg for arg in args if arg is not type(None))
         origin = typing.get_origin(hint)
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise CsekitError(f"{source}: {key} must be a mapping of names to values, got {value!r}")
+        return {str(name): item for name, item in value.items()}
     if origin is list:
         items = value if isinstance(value, list) else [value]
         return [str(item) for item in items]

@@ -116,6 +116,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                 nn.utils.clip_grad_norm_(parameters, config.max_grad_norm) if config.max_grad_norm else None
             )
             optimizer.step()
+            objective.after_step(encoder)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
@@ -168,7 +169,8 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> tupl
     encoder.head_at_inference = not config.mlp_only_train
     if config.dropout is not None:
         set_dropout(encoder, config.dropout)
-    objective = build_objective(config.objective, encoder, **config.to_dict()).to(device)
+    shared = {key: value for key, value in config.to_dict().items() if key != "options"}
+    objective = build_objective(config.objective, encoder, options=config.options, **shared).to(device)
     # from_pretrained returns models in eval mode: with dropout off the two SimCSE views coincide
     # and the unsupervised loss has nothing to learn from.
     encoder.train()
