@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
+from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertConfig, BertModel
 
 from csekit.models import SentenceEncoder
@@ -48,3 +54,52 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"evaluation data not found at {DATA_DIR}")
     return DATA_DIR
+
+
+# ----------------------------------------------------------------------------- training runs
+SENTENCES = [f"sentence number {i} says {word} things ." for i, word in enumerate(
+    "red blue green small large quick slow happy sad bright dark warm cold soft loud quiet".split() * 3)]  # fmt: skip
+
+
+def write_recipe(folder: Path, model: Path, **overrides) -> Path:
+    data = folder / "train.txt"
+    data.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    recipe = {"model": str(model), "objective": "simcse", "pooler": "cls", "mlp_only_train": True,
+              "train_files": [str(data)], "batch_size": 8, "learning_rate": 1e-3, "max_steps": 6,
+              "eval_steps": 0, "save_steps": 2, "logging_steps": 1, "output_dir": str(folder / "run"), "seed": 7}  # fmt: skip
+    recipe.update(overrides)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
+    return path
+
+
+def free_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
+def final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "final" / "model.safetensors")
+
+
+def train_single_and_two_ranks(folder: Path, **options) -> tuple[dict, dict, list[list[float]]]:
+    """Train a dropout-free tiny model for ``options`` twice: one process with batch 8, and two gloo
+    ranks under torchrun with batch 4 each. Returns both final weights and both logged loss curves."""
+    model = folder / "tiny-no-dropout"
+    make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save(model)
+    single, double = folder / "single", folder / "double"
+    single.mkdir(), double.mkdir()
+    options = {"save_steps": 0, **options}
+    from csekit.cli.main import main
+
+    assert main(["train", str(write_recipe(single, model, batch_size=8, **options))]) == 0
+    recipe = write_recipe(double, model, batch_size=4, **options)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+               "-m", "csekit.cli.main", "train", str(recipe)]  # fmt: skip
+    finished = subprocess.run(command, env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True,
+                              timeout=300)  # fmt: skip
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    losses = [[json.loads(line)["train/loss"] for line in (run / "run" / "metrics.jsonl").read_text().splitlines()]
+              for run in (single, double)]  # fmt: skip
+    return final_weights(single / "run"), final_weights(double / "run"), losses

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import make_tiny_encoder
+from conftest import SENTENCES, final_weights, make_tiny_encoder, train_single_and_two_ranks, write_recipe
 from safetensors.torch import load_file
 
 from csekit.cli.main import main
-
-SENTENCES = [f"sentence number {i} says {word} things ." for i, word in enumerate(
-    "red blue green small large quick slow happy sad bright dark warm cold soft loud quiet".split() * 3)]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -28,28 +24,6 @@ def tiny_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("model") / "tiny"
     make_tiny_encoder(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1).save(path)
     return path
-
-
-def write_recipe(folder: Path, model: Path, **overrides) -> Path:
-    data = folder / "train.txt"
-    data.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
-    recipe = {"model": str(model), "objective": "simcse", "pooler": "cls", "mlp_only_train": True,
-              "train_files": [str(data)], "batch_size": 8, "learning_rate": 1e-3, "max_steps": 6,
-              "eval_steps": 0, "save_steps": 2, "logging_steps": 1, "output_dir": str(folder / "run"), "seed": 7}  # fmt: skip
-    recipe.update(overrides)
-    path = folder / "recipe.yaml"
-    path.write_text(yaml.safe_dump(recipe), encoding="utf-8")
-    return path
-
-
-def free_port() -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return str(probe.getsockname()[1])
-
-
-def final_weights(run: Path) -> dict[str, torch.Tensor]:
-    return load_file(run / "final" / "model.safetensors")
 
 
 def test_cli_train_writes_models_config_and_metrics(tmp_path, tiny_model, capsys):
@@ -131,23 +105,9 @@ def test_bad_recipes_fail_with_one_line(tmp_path, tiny_model, capsys):
 
 def test_two_processes_train_like_one_process_with_the_whole_batch(tmp_path):
     """torchrun, 2 gloo ranks x 4 examples == 1 process x 8 examples (negatives gathered across ranks)."""
-    model = tmp_path / "tiny-no-dropout"
-    make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save(model)
-    single, double = tmp_path / "single", tmp_path / "double"
-    single.mkdir(), double.mkdir()
-    options = {"max_steps": 3, "save_steps": 0, "pooler": "mean"}
-    assert main(["train", str(write_recipe(single, model, batch_size=8, **options))]) == 0
-    recipe = write_recipe(double, model, batch_size=4, **options)
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-               "-m", "csekit.cli.main", "train", str(recipe)]  # fmt: skip
-    finished = subprocess.run(command, env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True,
-                              timeout=300)  # fmt: skip
-    assert finished.returncode == 0, finished.stderr[-2000:]
-    one, two = final_weights(single / "run"), final_weights(double / "run")
+    one, two, losses = train_single_and_two_ranks(tmp_path, max_steps=3, pooler="mean")
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
-    losses = [[json.loads(line)["train/loss"] for line in (run / "run" / "metrics.jsonl").read_text().splitlines()]
-              for run in (single, double)]  # fmt: skip
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)
 
 
