@@ -8,6 +8,10 @@ each run's best checkpoint (chosen on STS-B dev) on the seven STS test sets.
 Prints one row per recipe: STS test average (mean ± std over seeds), each task's mean, the best
 STS-B dev score, and training sentences per second. ``--baseline`` adds the untrained model's best
 pooler (from benchmarks/poolers.py) as the row to beat. Test sets are only scored, never used to choose.
+
+``--json`` is rewritten after every run, and runs already in it (same recipe, seed and overrides) are
+not trained again: an interrupted ladder continues where it stopped. ``--include`` adds the rows of
+earlier ladders (e.g. a SimCSE baseline trained with the same budget) to the table.
 """
 
 from __future__ import annotations
@@ -32,13 +36,26 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs/ladder")
     parser.add_argument("--baseline", help="JSON written by benchmarks/poolers.py")
     parser.add_argument("--json")
+    parser.add_argument("--include", nargs="*", default=[], help="JSON files of earlier ladders to show first")
     args = parser.parse_args()
 
     evaluator = None
     rows = {}
+    included = {}
+    for earlier in args.include:
+        included.update(json.loads(Path(earlier).read_text())["runs"])
+    done = {}
+    if args.json and Path(args.json).is_file():
+        saved = json.loads(Path(args.json).read_text())
+        if saved.get("overrides") == args.overrides:
+            done = saved["runs"]
     for recipe in args.recipes:
         name = Path(recipe).stem
         for seed in args.seeds:
+            previous = [run for run in done.get(name, []) if run["seed"] == seed]
+            if previous:
+                rows.setdefault(name, []).append(previous[0])
+                continue
             output = Path(args.runs_dir) / f"{name}-seed{seed}"
             config = TrainConfig.from_yaml(recipe, [*args.overrides, f"seed={seed}", f"output_dir={output}"])
             start = time.perf_counter()
@@ -52,6 +69,8 @@ def main() -> None:
             rows.setdefault(name, []).append(run)
             print(f"{name} seed {seed}: STS avg {metrics['avg']:.2f}, dev {result.best_metric:.2f} "
                   f"(step {result.best_step}), {minutes:.1f} min", flush=True)  # fmt: skip
+            if args.json:
+                _write_json(args.json, args.seeds, args.overrides, rows)
 
     print("\nSTS test, Spearman x100 (STS12-16 'all'), mean over seeds " + ", ".join(map(str, args.seeds)) + "\n")
     print("| run | " + " | ".join(TITLES[t] for t in TASKS) + " | avg (mean ± std) | STS-B dev | sent/s |")
@@ -60,7 +79,7 @@ def main() -> None:
         baseline = json.loads(Path(args.baseline).read_text())["results"]
         pooler, metrics = max(baseline.items(), key=lambda item: item[1]["avg"])
         print(f"| untrained ({pooler}) | " + " | ".join(f"{metrics[t]:.2f}" for t in TASKS) + f" | {metrics['avg']:.2f} | | |")
-    for name, runs in rows.items():
+    for name, runs in (included | rows).items():
         means = [statistics.mean(r["sts"][t] for r in runs) for t in TASKS]
         averages = [r["sts"]["avg"] for r in runs]
         spread = statistics.stdev(averages) if len(averages) > 1 else 0.0
@@ -69,7 +88,13 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means)
               + f" | {statistics.mean(averages):.2f} ± {spread:.2f} | {dev:.2f} | {speed:.1f} |")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"seeds": args.seeds, "overrides": args.overrides, "runs": rows}, indent=1) + "\n")
+        _write_json(args.json, args.seeds, args.overrides, rows)
+
+
+def _write_json(path: str, seeds: list[int], overrides: list[str], runs: dict) -> None:
+    temporary = Path(path).with_suffix(".tmp")
+    temporary.write_text(json.dumps({"seeds": seeds, "overrides": overrides, "runs": runs}, indent=1) + "\n")
+    temporary.replace(path)
 
 
 if __name__ == "__main__":
