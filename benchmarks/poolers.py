@@ -4,7 +4,8 @@
 
 The raw model was never trained on sentence pairs: its best pooler is the baseline every training
 method must beat. The ``cls`` pooler of a raw model with no pretrained pooler passes [CLS] through a
-freshly initialised dense + tanh head, as a model would start its training.
+freshly initialised dense + tanh head, as a model would start its training. The prompt poolers
+``mask`` and ``mask_denoised`` wrap each sentence in PromptBERT's BERT template (csekit.models.prompt).
 """
 
 from __future__ import annotations

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
 import inspect
 import pkgutil
+import shutil
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_encoder
+from conftest import make_tiny_encoder, tiny_config
+from transformers import BertForMaskedLM
 
 import csekit.objectives
 from csekit.data.collate import pad_batch
@@ -19,8 +24,24 @@ TEXTS = ["a man plays the guitar .", "two dogs run .", "the market fell today ."
          "kids play in the snow .", "a red car ."]  # fmt: skip
 
 
+def saved_tiny_masked_lm() -> str:
+    """A tiny random BERT masked LM saved for this test session (DiffCSE's generator)."""
+    folder = Path(tempfile.mkdtemp(prefix="csekit-tiny-mlm-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    with torch.random.fork_rng():  # collecting this module leaves the global RNG as it was
+        torch.manual_seed(0)
+        BertForMaskedLM(tiny_config()).save_pretrained(folder)
+    return str(folder)
+
+
 #: Options an objective needs to run on the tiny encoder (e.g. a tiny generator), by registry name.
-CONTRACT_OPTIONS: dict[str, dict] = {}
+CONTRACT_OPTIONS: dict[str, dict] = {
+    "diffcse": {"generator": saved_tiny_masked_lm()},
+    # substitution needs a WordNet database; tests/test_clear.py covers it with a fixture database
+    "clear": {"augmentations": ["word_deletion", "reordering"]},
+}
+#: The tiny encoder's pooler, where an objective needs another than cls (by registry name).
+CONTRACT_POOLERS: dict[str, str] = {"promptbert": "mask_denoised"}
 
 
 def batch_for(objective: Objective, encoder) -> dict:
@@ -55,7 +76,7 @@ def test_unknown_objective_options_are_errors_and_shared_keys_are_filtered():
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_objective_returns_finite_named_terms_that_train_the_encoder(name):
-    encoder = make_tiny_encoder(hidden_dropout_prob=0.1).train()
+    encoder = make_tiny_encoder(CONTRACT_POOLERS.get(name, "cls"), hidden_dropout_prob=0.1).train()
     objective = build_objective(name, encoder, options=CONTRACT_OPTIONS.get(name)).train()
     batch = batch_for(objective, encoder)
     terms = objective(encoder, batch)
@@ -68,7 +89,7 @@ def test_objective_returns_finite_named_terms_that_train_the_encoder(name):
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_gradient_cache_equals_the_plain_step_for_every_objective(name):
-    encoder = make_tiny_encoder(hidden_dropout_prob=0.1).train()
+    encoder = make_tiny_encoder(CONTRACT_POOLERS.get(name, "cls"), hidden_dropout_prob=0.1).train()
     objective = build_objective(name, encoder, options=CONTRACT_OPTIONS.get(name)).train()
     if not objective.supports_grad_cache:
         pytest.skip(f"{name} declares no gradient-cache support")

@@ -23,6 +23,7 @@ def info_nce(
     *,
     weights: Tensor | None = None,
     gather: bool = True,
+    shared_negatives: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE over cosine similarities, mean over anchors (a scalar).
 
@@ -40,22 +41,35 @@ def info_nce(
     gather: with several processes, candidates of all ranks are gathered (with gradient, see
     :func:`csekit.distributed.all_gather_with_grad`) so each anchor sees W * N candidates. This rank's
     candidates sit at columns ``rank * N ... rank * N + N - 1``: the labels shift by ``rank * N`` and
-    ``weights`` are placed there; other ranks' columns get weight 1.
+    ``weights`` are placed there; other ranks' columns get weight 1. An objective whose weights look at
+    every negative (DCLR's false-negative screen) gives ``weights`` of shape (B, W * N) instead,
+    built from features it gathered itself, in rank order.
+
+    shared_negatives: (M, H) further negatives that every rank already holds alike (ESimCSE's
+    momentum queue) or draws for itself (DCLR's noise negatives): appended after the (gathered)
+    candidates, never gathered, no gradient needed, weight 1.
     """
     batch_size, num_candidates = anchors.shape[0], candidates.shape[0]
     if num_candidates < batch_size:
         raise ValueError(f"each anchor needs a positive: {batch_size} anchors, {num_candidates} candidates")
-    if weights is not None and weights.shape != (batch_size, num_candidates):
-        raise ValueError(f"weights must be (B, N) = {batch_size, num_candidates}, not {tuple(weights.shape)}")
+    world_size = get_world_size() if gather else 1
+    allowed = {(batch_size, num_candidates), (batch_size, world_size * num_candidates)}
+    if weights is not None and tuple(weights.shape) not in allowed:
+        raise ValueError(f"weights must be (B, N) = {batch_size, num_candidates} or (B, W * N), "
+                         f"not {tuple(weights.shape)}")  # fmt: skip
     offset = 0
-    if gather and get_world_size() > 1:
+    if world_size > 1:
         offset = get_rank() * num_candidates
         candidates = all_gather_with_grad(candidates)  # (W * N, H), rank order
-    logits = cosine_similarity_matrix(anchors, candidates) / temperature  # (B, W * N)
+    if shared_negatives is not None:
+        candidates = torch.cat([candidates, shared_negatives.to(candidates.dtype)])  # (W * N + M, H)
+    logits = cosine_similarity_matrix(anchors, candidates) / temperature  # (B, W * N + M)
     if weights is not None:
-        # log(1) = 0 pads the other ranks' columns: their exp terms count as they are.
-        after = logits.shape[1] - offset - num_candidates
-        logits = logits + F.pad(_log_weights(weights), (offset, after))  # (B, W * N)
+        # log(1) = 0 pads the other ranks' columns (unless the weights cover them) and the shared
+        # negatives: their exp terms count as they are.
+        before = 0 if weights.shape[1] == world_size * num_candidates else offset
+        after = logits.shape[1] - before - weights.shape[1]
+        logits = logits + F.pad(_log_weights(weights), (before, after))  # (B, W * N + M)
     labels = torch.arange(batch_size, device=anchors.device) + offset  # (B,)
     return F.cross_entropy(logits, labels)
 
@@ -79,6 +93,33 @@ def hard_negative_weights(
     for start in range(batch_size, num_candidates - batch_size + 1, batch_size):
         weights[rows, start + rows] = math.exp(weight)
     return weights
+
+
+def nt_xent(view1: Tensor, view2: Tensor, temperature: float | Tensor = 0.1, *, gather: bool = True) -> Tensor:
+    """NT-Xent over both views, the two directions summed (a scalar).
+
+    SimCLR's loss as ConSERT uses it (Yan et al. 2021, Sec. 3.1, Eq. 1; reference code
+    ``AdvCLSoftmaxLoss._contrastive_loss_forward``, ``cl_type=nt_xent``): every sentence of either
+    view is an anchor; its positive is the same sentence in the other view and its negatives are the
+    other 2B - 2 sentences of *both* views (the same-view ones included, its own copy excluded):
+
+    ``loss_a = mean_i -log exp(s(a_i, b_i) / t) / (sum_j exp(s(a_i, b_j) / t) + sum_{j != i} exp(s(a_i, a_j) / t))``
+
+    and ``loss_b`` the same with the views swapped. The reference returns ``loss_a + loss_b`` (twice
+    the paper's mean over the 2B anchors) and so does this.
+
+    view1, view2: (B, H), row i of each the same sentence. Similarities are cosines (``hidden_norm``).
+    gather: with several processes, both views of every rank are candidates (see :func:`info_nce`).
+    """
+    size = view1.shape[0]
+    # Candidates [other view; own view]: (2B, H). An anchor's own copy sits at column B + i, where
+    # weight 0 removes it (the reference subtracts 1e9 from that logit).
+    not_self = torch.ones(size, 2 * size, device=view1.device)  # (B, 2B)
+    rows = torch.arange(size, device=view1.device)
+    not_self[rows, size + rows] = 0.0
+    loss_a = info_nce(view1, torch.cat([view2, view1]), temperature, weights=not_self, gather=gather)
+    loss_b = info_nce(view2, torch.cat([view1, view2]), temperature, weights=not_self, gather=gather)
+    return loss_a + loss_b
 
 
 def _log_weights(weights: Tensor) -> Tensor:

@@ -1,4 +1,7 @@
-"""``csekit eval MODEL``: STS, transfer and embedding-space tables of a model, printed and optionally as JSON."""
+"""``csekit eval MODEL``: STS, transfer and embedding-space tables of a model, printed and optionally as JSON.
+
+Several models, or ``--group`` per method, go to :mod:`csekit.cli.eval_groups` (mean ± std, comparisons).
+"""
 
 from __future__ import annotations
 
@@ -25,7 +28,14 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
     parser = commands.add_parser(
         name, help="evaluate a model: STS, SentEval transfer, alignment/uniformity, rank"
     )
-    parser.add_argument("model", help="sentence-transformers folder, Hugging Face model folder, or hub id")
+    parser.add_argument(
+        "models", nargs="*", metavar="MODEL",
+        help="sentence-transformers folder, Hugging Face model folder, or hub id; several: mean ± std over them",
+    )  # fmt: skip
+    parser.add_argument(
+        "--group", action="append", default=[], metavar="NAME=PATH,PATH,...",
+        help="a method as its models (one per seed); repeat to compare methods with the first one",
+    )  # fmt: skip
     parser.add_argument(
         "--tasks", default="sts",
         help="comma list mixing 'sts' (all seven) or sts12,...,sts16,stsb,sickr; 'transfer' (all seven) or "
@@ -47,6 +57,8 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--json", dest="json_path", help="also write the metrics to this JSON file")
+    parser.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples (comparisons)")
+    parser.add_argument("--bootstrap-seed", type=int, default=0, help="seed of the paired bootstrap")
     parser.set_defaults(run=run)
 
 
@@ -83,7 +95,13 @@ def build_evaluators(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from csekit.cli.eval_groups import parse_groups, run_groups
+
+    groups = parse_groups(args.models, args.group)
     evaluators = build_evaluators(args)  # reads and verifies the data before the model loads
+    if len(groups) > 1 or len(next(iter(groups.values()))) > 1:
+        return run_groups(args, groups, evaluators)
+    (args.model,) = next(iter(groups.values()))
     encoder = load_encoder(args.model, pooler=args.pooler).to(_device(args.device))
     start = time.perf_counter()
     results = evaluate_all(evaluators, encoder, batch_size=args.batch_size)
@@ -106,19 +124,22 @@ def evaluate_all(evaluators: dict, encoder, *, batch_size: int) -> dict[str, dic
     Every csekit evaluator lists its ``sentences`` and scores a table of their embeddings with
     ``score(table)``; align_uniform, rank and STS-B share most sentences, so one pass serves them all.
     """
+    tables = shared_tables(evaluators, encoder, batch_size=batch_size)
+    return {
+        family: evaluator.score(tables[family]) if family in tables else evaluator.evaluate(encoder)
+        for family, evaluator in evaluators.items()
+    }
+
+
+def shared_tables(evaluators: dict, encoder, *, batch_size: int) -> dict:
+    """Family -> embeddings of its evaluator's ``sentences`` (row i: sentence i), from one encoding pass."""
     shared = {
         family: e for family, e in evaluators.items() if hasattr(e, "sentences") and hasattr(e, "score")
     }
     texts = sorted({text for evaluator in shared.values() for text in evaluator.sentences})
     table = encoder.encode(texts, batch_size=batch_size) if texts else None  # (S, H)
     row = {text: i for i, text in enumerate(texts)}
-    results = {}
-    for family, evaluator in evaluators.items():
-        if family in shared:
-            results[family] = evaluator.score(table[[row[text] for text in evaluator.sentences]])
-        else:
-            results[family] = evaluator.evaluate(encoder)
-    return results
+    return {family: table[[row[text] for text in evaluator.sentences]] for family, evaluator in shared.items()}
 
 
 def merge_metrics(results: dict[str, dict[str, float]]) -> dict[str, float]:

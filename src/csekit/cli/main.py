@@ -6,10 +6,10 @@ import argparse
 import sys
 
 from csekit import __version__
-from csekit.cli import data, eval, train
+from csekit.cli import data, eval, postprocess, report, train
 from csekit.errors import CsekitError
 
-COMMANDS = {"train": train, "eval": eval, "data": data}
+COMMANDS = {"train": train, "eval": eval, "data": data, "postprocess": postprocess, "report": report}
 
 
 def build_parser() -> argparse.ArgumentParser:

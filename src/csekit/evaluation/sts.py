@@ -219,6 +219,18 @@ class STSEvaluator:
         results["avg"] = float(np.mean([results[task] for task in self.tasks]))
         return results
 
+    def predictions(self, table: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Task -> (cosine (N,), gold (N,)) per scored pair, from embeddings of ``self.sentences``.
+
+        STS12–16 pool their subsets in file order, so the Spearman of a task's pair is its headline
+        ("all") number; a paired bootstrap resamples these pairs (:mod:`csekit.evaluation.statistics`).
+        """
+        pairs = {}
+        for task, subsets in self.data.items():
+            similarity = np.concatenate([self._similarities(table, subset) for subset in subsets])  # (N,)
+            pairs[task] = (similarity, np.concatenate([subset.gold for subset in subsets]))
+        return pairs
+
     def _similarities(self, table: np.ndarray, subset: ScoredPairs) -> np.ndarray:
         first = table[[self._row[text] for text in subset.first]]  # (N, H)
         second = table[[self._row[text] for text in subset.second]]  # (N, H)

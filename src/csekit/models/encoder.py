@@ -3,6 +3,9 @@
 The head is SimCSE's ``MLPLayer`` (dense + tanh over the [CLS] state, Gao et al. 2021, Sec. 3).
 With ``head_at_inference=False`` it is used only while training (SimCSE's ``mlp_only_train``,
 the setting of unsupervised SimCSE) and dropped when the model is saved.
+
+The ``mask`` poolers wrap each sentence in a prompt template at tokenization and pool the [MASK]
+token's state (PromptBERT, see :mod:`csekit.models.prompt`).
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from transformers.utils import logging as hf_logging
 
 from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError
-from csekit.models.pooling import NEEDS_HIDDEN_STATES, check_pooler, pool
+from csekit.models.pooling import NEEDS_HIDDEN_STATES, PROMPT_POOLERS, check_pooler, pool
+from csekit.models.prompt import DEFAULT_TEMPLATE, Prompt
 
 #: encode() shows a progress bar by default only when there are more sentences than this.
 PROGRESS_THRESHOLD = 10_000
@@ -55,6 +59,7 @@ class SentenceEncoder(nn.Module):
         head_at_inference: bool = True,
         max_length: int | None = None,
         normalize: bool = False,
+        prompt: Prompt | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -65,10 +70,20 @@ class SentenceEncoder(nn.Module):
             _init_like_backbone(head, backbone)
         if pooler != "cls" and head is not None:
             raise ValueError(f"an MLP head goes with the 'cls' pooler, not {pooler!r}")
+        if pooler in PROMPT_POOLERS and prompt is None:
+            prompt = Prompt.from_template(DEFAULT_TEMPLATE, tokenizer)
+        if pooler not in PROMPT_POOLERS and prompt is not None:
+            raise ValueError(f"a prompt goes with the {' and '.join(sorted(PROMPT_POOLERS))} poolers, not {pooler!r}")
+        #: The template around each sentence for the mask poolers (csekit.models.prompt), else None.
+        self.prompt = prompt
         self.head = head
         self.head_at_inference = head_at_inference
         self.max_length = max_length or _default_max_length(backbone, tokenizer)
         self.normalize = normalize
+        #: Set by csekit.postprocess: a module that pools in place of ``pooler`` (layer means, Ditto), whose
+        #: name ``pooler`` then holds; and a fitted affine map after pooling and head (BERT-whitening).
+        self.token_pooler: nn.Module | None = None
+        self.whitening: nn.Linear | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -115,14 +130,31 @@ class SentenceEncoder(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        outputs = self.backbone(**inputs, output_hidden_states=self.pooler in NEEDS_HIDDEN_STATES, return_dict=True)
-        embeddings = pool(self.pooler, outputs.last_hidden_state, outputs.hidden_states, attention_mask)
+        custom = self.token_pooler
+        outputs = self.backbone(
+            **inputs,
+            output_hidden_states=self.pooler in NEEDS_HIDDEN_STATES or getattr(custom, "needs_hidden_states", False),
+            output_attentions=getattr(custom, "needs_attentions", False),
+            return_dict=True,
+        )
+        if custom is not None:
+            embeddings = custom(outputs, attention_mask)
+        elif self.prompt is not None:  # the template's [MASK] state, minus the template alone's if denoised
+            embeddings = self.prompt.pool(self.backbone, outputs.last_hidden_state, input_ids, attention_mask,
+                                          denoise=self.pooler == "mask_denoised")  # fmt: skip
+        else:
+            embeddings = pool(self.pooler, outputs.last_hidden_state, outputs.hidden_states, attention_mask)
         if self.head is not None and (self.training or self.head_at_inference):
             embeddings = self.head(embeddings)
-        return embeddings  # (B, H)
+        if self.whitening is not None:
+            embeddings = self.whitening(embeddings)  # (B, H) -> (B, k)
+        return embeddings  # (B, H), or (B, k) when whitened
 
     def tokenize(self, texts: Sequence[str], *, max_length: int | None = None) -> dict[str, list[list[int]]]:
         """Unpadded token ids (and masks) for each text, truncated to ``max_length``."""
+        if self.prompt is not None:  # wrapped in the template; truncation cuts the sentence only
+            return self.prompt.tokenize(self.tokenizer, texts, max_length=max_length or self.max_length,
+                                        fields=self.model_input_names)  # fmt: skip
         encoded = self.tokenizer(
             list(texts), truncation=True, max_length=max_length or self.max_length, padding=False
         )
@@ -181,7 +213,7 @@ class SentenceEncoder(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        return self.backbone.config.hidden_size
+        return self.whitening.out_features if self.whitening is not None else self.backbone.config.hidden_size
 
     def save(self, path: str | os.PathLike) -> None:
         """Save as a sentence-transformers folder (see :mod:`csekit.models.io`)."""

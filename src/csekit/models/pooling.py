@@ -8,7 +8,11 @@ The names follow the poolers SimCSE compares (Gao et al. 2021, Table 6 and its `
 - ``max``: element-wise max of the last layer over real tokens;
 - ``first_last_avg``: mean over tokens of (first layer + last layer) / 2, where the first layer is
   the output of the first transformer block, ``hidden_states[1]``, as in SimCSE's evaluation;
-- ``last2avg``: mean over tokens of (last two layers) / 2 (SimCSE's ``avg_top2``).
+- ``last2avg``: mean over tokens of (last two layers) / 2 (SimCSE's ``avg_top2``);
+- ``mask``: the last-layer state of the prompt's [MASK] token (PromptBERT, Jiang et al. 2022, Sec. 4);
+  the encoder wraps each sentence in a template (:mod:`csekit.models.prompt`);
+- ``mask_denoised``: the same state minus the [MASK] state of the template alone (PromptBERT's
+  template denoising, Sec. 5); the encoder subtracts it, as it adds the ``cls`` head.
 
 Each pooler is a pure function of the backbone output and the attention mask.
 """
@@ -21,6 +25,9 @@ from torch import Tensor
 
 #: Poolers that need every layer's hidden states from the backbone.
 NEEDS_HIDDEN_STATES = frozenset({"first_last_avg", "last2avg"})
+#: Poolers that read the prompt's [MASK] token: the encoder passes them the (B, T) [MASK] positions
+#: where the other poolers get the attention mask (see :mod:`csekit.models.prompt`).
+PROMPT_POOLERS = frozenset({"mask", "mask_denoised"})
 
 
 def _masked_mean(token_states: Tensor, attention_mask: Tensor) -> Tensor:
@@ -54,9 +61,17 @@ def _last2avg(last_hidden: Tensor, hidden_states: Sequence[Tensor] | None, atten
     return _masked_mean((hidden_states[-2] + hidden_states[-1]) / 2.0, attention_mask)
 
 
+def _at_mask_token(
+    last_hidden: Tensor, hidden_states: Sequence[Tensor] | None, mask_positions: Tensor
+) -> Tensor:
+    # One [MASK] per row, so the masked mean is that token's state exactly (x * 1 + 0 + ... = x).
+    return _masked_mean(last_hidden, mask_positions)  # (B, H)
+
+
 PoolFn = Callable[[Tensor, "Sequence[Tensor] | None", Tensor], Tensor]
 
 #: CLI name -> pooling function. ``cls`` pools like ``cls_before_pooler``; the encoder adds the head.
+#: ``mask_denoised`` pools like ``mask``; the encoder subtracts the template's own state.
 POOLERS: dict[str, PoolFn] = {
     "cls": _cls,
     "cls_before_pooler": _cls,
@@ -64,6 +79,8 @@ POOLERS: dict[str, PoolFn] = {
     "max": _max,
     "first_last_avg": _first_last_avg,
     "last2avg": _last2avg,
+    "mask": _at_mask_token,
+    "mask_denoised": _at_mask_token,
 }
 
 

@@ -8,12 +8,28 @@ from typing import Any
 from csekit.errors import CsekitError
 from csekit.models.encoder import SentenceEncoder
 from csekit.objectives.base import Batch, Objective
+from csekit.objectives.clear import CLEAR
+from csekit.objectives.consert import ConSERT
+from csekit.objectives.dclr import DCLR
+from csekit.objectives.debcse import DebCSE
+from csekit.objectives.diffcse import DiffCSE
+from csekit.objectives.esimcse import ESimCSE
+from csekit.objectives.gcse import GCSE
+from csekit.objectives.promptbert import PromptBERT
 from csekit.objectives.simcse import SupervisedSimCSE, UnsupervisedSimCSE
 
 #: CLI name -> objective class.
 OBJECTIVES: dict[str, type[Objective]] = {
     "simcse": UnsupervisedSimCSE,
     "simcse_sup": SupervisedSimCSE,
+    "gcse": GCSE,
+    "dclr": DCLR,
+    "debcse": DebCSE,
+    "esimcse": ESimCSE,
+    "consert": ConSERT,
+    "clear": CLEAR,
+    "diffcse": DiffCSE,
+    "promptbert": PromptBERT,
 }
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoModelForMaskedLM
+from transformers import AutoModelForMaskedLM, PreTrainedModel
 
-from csekit.models.encoder import SentenceEncoder
+from csekit.errors import CsekitError
+from csekit.models.encoder import SentenceEncoder, _quiet_transformers, check_model_reference
 
 
 class MaskedLMHead(nn.Module):
@@ -41,17 +42,40 @@ class MaskedLMHead(nn.Module):
         return embeddings["mlm_sum"].sum() / embeddings["mlm_count"].sum().clamp(min=1)
 
     def mask(self, input_ids: Tensor, attention_mask: Tensor, tokenizer) -> tuple[Tensor, Tensor]:
-        """Choose ``probability`` of the real, non-special tokens; 80% [MASK], 10% random, 10% kept."""
-        special = torch.zeros_like(input_ids, dtype=torch.bool)
-        for token_id in tokenizer.all_special_ids:
-            special |= input_ids == token_id
-        candidates = attention_mask.bool() & ~special
-        chosen = (torch.rand(input_ids.shape, device=input_ids.device) < self.probability) & candidates
-        labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
-        draw = torch.rand(input_ids.shape, device=input_ids.device)
-        masked = input_ids.clone()
-        masked[chosen & (draw < 0.8)] = tokenizer.mask_token_id
-        random_tokens = torch.randint(len(tokenizer), input_ids.shape, device=input_ids.device)
-        replace = chosen & (draw >= 0.8) & (draw < 0.9)
-        masked[replace] = random_tokens[replace]
-        return masked, labels
+        return mask_tokens(input_ids, attention_mask, tokenizer, probability=self.probability)
+
+
+def mask_tokens(input_ids: Tensor, attention_mask: Tensor, tokenizer, *, probability: float) -> tuple[Tensor, Tensor]:
+    """BERT's masking: choose ``probability`` of the real, non-special tokens; 80% [MASK], 10% random, 10% kept.
+
+    (B, T) ids -> (B, T) masked ids and (B, T) labels (the original id where chosen, -100 elsewhere).
+    """
+    special = torch.zeros_like(input_ids, dtype=torch.bool)
+    for token_id in tokenizer.all_special_ids:
+        special |= input_ids == token_id
+    candidates = attention_mask.bool() & ~special
+    chosen = (torch.rand(input_ids.shape, device=input_ids.device) < probability) & candidates
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    draw = torch.rand(input_ids.shape, device=input_ids.device)
+    masked = input_ids.clone()
+    masked[chosen & (draw < 0.8)] = tokenizer.mask_token_id
+    random_tokens = torch.randint(len(tokenizer), input_ids.shape, device=input_ids.device)
+    replace = chosen & (draw >= 0.8) & (draw < 0.9)
+    masked[replace] = random_tokens[replace]
+    return masked, labels
+
+
+def load_masked_lm(name_or_path: str) -> PreTrainedModel:
+    """A pretrained masked LM (a local folder or a hub id); a checkpoint without MLM-head weights is refused."""
+    check_model_reference(name_or_path)
+    try:
+        with _quiet_transformers():  # a refused checkpoint gets one clear error, not a load report
+            masked_lm, info = AutoModelForMaskedLM.from_pretrained(name_or_path, output_loading_info=True)
+    except (OSError, ValueError) as error:
+        raise CsekitError(f"cannot load masked LM {name_or_path!r}: {str(error).strip().splitlines()[0]}") from None
+    prefix = masked_lm.base_model_prefix + "."
+    untrained = sorted(key for key in info.get("missing_keys", []) if not key.startswith(prefix))
+    if untrained:
+        raise CsekitError(f"{name_or_path!r} has no pretrained masked-LM head (missing {untrained[0]}); "
+                          "give a checkpoint saved with its MLM head")  # fmt: skip
+    return masked_lm

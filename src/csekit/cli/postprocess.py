@@ -1,0 +1,96 @@
+"""``csekit postprocess MODEL --method whitening|ditto --output DIR``: training-free post-processing, saved.
+
+- ``whitening``: BERT-whitening fitted on unlabelled sentences (``--fit-on FILE``, one a line), optionally
+  to ``--dim K``; with ``--layers 1,12`` the tokens of those layers are averaged first (WhiteningBERT).
+- ``ditto``: diagonal attention pooling with ``--layer L --head H`` over ``--layers`` (default: the
+  embedding output and the last layer, as the reference).
+
+The output is a normal model folder: ``csekit eval DIR`` evaluates it. Whitened folders load in stock
+sentence-transformers too; Ditto folders load in csekit only (see :mod:`csekit.postprocess.ditto`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from csekit.errors import CsekitError
+from csekit.models import POOLERS, load_encoder
+from csekit.postprocess import DittoPooler, read_fit_sentences, use_layers, use_token_pooler, whiten
+from csekit.postprocess.ditto import DEFAULT_HEAD, DEFAULT_LAYER
+from csekit.postprocess.layers import parse_layers
+
+METHODS = ("whitening", "ditto")
+#: Options that only one method reads: giving them to the other is a mistake worth saying.
+ONLY_FOR = {"fit_on": "whitening", "dim": "whitening", "max_sentences": "whitening", "pooler": "whitening",
+            "layer": "ditto", "head": "ditto"}  # fmt: skip
+
+
+def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
+    parser = commands.add_parser(
+        name, help="whiten (BERT-whitening, WhiteningBERT) or Ditto-pool a model, training-free, and save it"
+    )
+    parser.add_argument("model", help="sentence-transformers folder, Hugging Face model folder, or hub id")
+    parser.add_argument("--method", required=True, choices=METHODS)
+    parser.add_argument("--output", required=True, help="folder to write the post-processed model to")
+    parser.add_argument("--fit-on", help="whitening: unlabelled sentences, one a line (never an evaluation set)")
+    parser.add_argument("--dim", type=int, help="whitening: keep the K directions of largest variance (default: all)")
+    parser.add_argument("--max-sentences", type=int, help="whitening: fit on the first N sentences (default: all)")
+    parser.add_argument(
+        "--layers",
+        help="average the tokens of these hidden states, 0 = embedding output, e.g. 1,12 (whitening: WhiteningBERT's "
+             "layer combinations; ditto: default 0,L, the reference's first+last)",
+    )  # fmt: skip
+    parser.add_argument("--layer", type=int, help=f"ditto: attention layer, from 0 (default {DEFAULT_LAYER})")
+    parser.add_argument(
+        "--head", type=int, help=f"ditto: head of that layer, from 0 (default {DEFAULT_HEAD}: the reference's BERT-base)"
+    )
+    parser.add_argument("--pooler", choices=list(POOLERS), help="whitening: pooler to whiten (default: saved, or cls)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.set_defaults(run=run)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """One-line errors for option combinations that cannot mean what the user wants."""
+    for option, method in ONLY_FOR.items():
+        if getattr(args, option) is not None and args.method != method:
+            raise CsekitError(f"--{option.replace('_', '-')} is a {method} option, not a {args.method} one")
+    if args.method == "whitening" and args.fit_on is None:
+        raise CsekitError("whitening needs --fit-on FILE: unlabelled sentences, one a line")
+    if args.layers is not None and args.pooler is not None:
+        raise CsekitError("give --layers or --pooler, not both: --layers chooses a layer-averaging pooler")
+    if Path(args.output).resolve() == Path(args.model).resolve():
+        raise CsekitError("--output must be a new folder, not the model's own")
+
+
+def run(args: argparse.Namespace) -> int:
+    check_options(args)
+    # Read the fitting file before the model loads, so a bad file fails in a second, not after a download.
+    sentences = read_fit_sentences(args.fit_on, max_sentences=args.max_sentences) if args.fit_on else []
+    encoder = load_encoder(args.model, pooler=args.pooler).to(_device(args.device))
+    num_layers = encoder.backbone.config.num_hidden_layers
+    if args.method == "whitening":
+        if args.layers is not None:
+            use_layers(encoder, args.layers)
+        hidden = encoder.backbone.config.hidden_size
+        whiten(encoder, sentences, dim=args.dim, batch_size=args.batch_size)
+        summary = (f"whitening fitted on {len(sentences)} sentences of {args.fit_on}: pooler {encoder.pooler}, "
+                   f"{hidden} -> {encoder.embedding_dim} dimensions")  # fmt: skip
+    else:
+        if encoder.whitening is not None:
+            raise CsekitError(f"{args.model} is whitened after its own pooler; apply ditto to the model before whitening")
+        layers = parse_layers(args.layers or f"0,{num_layers}", num_layers=num_layers)
+        layer = DEFAULT_LAYER if args.layer is None else args.layer
+        head = DEFAULT_HEAD if args.head is None else args.head
+        use_token_pooler(encoder, DittoPooler(layer=layer, head=head, layers=layers))
+        summary = f"ditto: attention layer {layer} head {head}, hidden states {','.join(map(str, layers))}"
+    encoder.save(args.output)
+    print(f"{summary}; saved to {args.output} (evaluate with: csekit eval {args.output})")
+    return 0
+
+
+def _device(name: str | None):
+    import torch
+
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))

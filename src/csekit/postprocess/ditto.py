@@ -1,0 +1,114 @@
+"""Ditto: diagonal attention pooling, a training-free pooler.
+
+Chen et al., "Ditto: A Simple and Efficient Approach to Improve Sentence Embeddings", EMNLP 2023
+(arXiv:2305.10786; reference code: github.com/alibaba-damo-academy/SpokenNLP, ``ditto/evaluation_ditto.py``,
+pooler ``att_first_last``, run by ``ditto/run_eval_ditto.sh``). Each token is weighted by how much it
+attends to itself in one attention head, the diagonal of that head's attention matrix:
+
+    w_t = A^(layer, head)[t, t]                          A: softmax attention probabilities (T, T)
+    s   = sum_t  mask_t * w_t * (h^(0)_t + h^(L)_t) / 2   h^(0): embedding output, h^(L): last layer
+
+As in the reference, the weights are not renormalised to sum to one (cosine similarity, the STS score,
+is unchanged by a per-sentence scale), and "first" is ``hidden_states[0]``, the embedding layer's
+output (csekit's ``first_last_avg`` pooler uses ``hidden_states[1]``, as SimCSE's evaluation does).
+``layers`` chooses which hidden states are averaged; ``(0, L)`` is the reference's choice, ``(L,)`` its
+``att_last``.
+
+``layer`` indexes the transformer blocks' attentions from 0 (the reference's ``--layer``, i.e.
+``outputs.attentions[layer]``); ``head`` the heads of that block from 0. The reference's settings:
+BERT-base layer 0 head 9, RoBERTa-base 0/4, ELECTRA-base 0/10, SBERT (bert-base-nli-stsb-mean-tokens)
+2/6. For other models choose them on a development set (``benchmarks/postprocess.py`` searches every
+layer and head on STS-B dev).
+
+The attention probabilities exist only in the eager attention implementation, so the backbone is
+switched to it; the other implementations compute the same states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from csekit.errors import CsekitError
+from csekit.postprocess.layers import mean_of_layers, parse_layers
+
+#: The reference's setting for bert-base-uncased (``run_eval_ditto.sh``).
+DEFAULT_LAYER, DEFAULT_HEAD = 0, 9
+
+
+def diagonal_attention(attentions: Sequence[Tensor], *, layer: int, head: int) -> Tensor:
+    """Each token's attention to itself in one head: (B, T)."""
+    probabilities = attentions[layer][:, head]  # (B, heads, T, T) -> (B, T, T)
+    return probabilities.diagonal(dim1=1, dim2=2)  # (B, T)
+
+
+def ditto_pool(
+    hidden_states: Sequence[Tensor],
+    attentions: Sequence[Tensor],
+    attention_mask: Tensor,
+    *,
+    layer: int,
+    head: int,
+    layers: Sequence[int],
+) -> Tensor:
+    """(B, H) sentence embeddings: token states weighted by their diagonal attention and summed."""
+    weights = diagonal_attention(attentions, layer=layer, head=head)  # (B, T)
+    states = mean_of_layers(hidden_states, layers)  # (B, T, H)
+    weights = weights * attention_mask.to(weights.dtype)  # (B, T): padding contributes nothing
+    return (states * weights.unsqueeze(-1)).sum(dim=1)  # (B, H)
+
+
+class DittoPooler(nn.Module):
+    """Token pooler for :class:`~csekit.SentenceEncoder` (see :func:`csekit.postprocess.use_token_pooler`)."""
+
+    name = "ditto"
+    needs_hidden_states = True
+    needs_attentions = True
+
+    def __init__(self, *, layer: int = DEFAULT_LAYER, head: int = DEFAULT_HEAD, layers: Sequence[int]):
+        super().__init__()
+        self.layer, self.head, self.layers = int(layer), int(head), tuple(int(i) for i in layers)
+
+    def check(self, config) -> None:
+        """Refuse a layer, head or hidden-state layer the model does not have."""
+        blocks, heads = config.num_hidden_layers, config.num_attention_heads
+        if not 0 <= self.layer < blocks:
+            raise CsekitError(f"Ditto layer {self.layer} out of range: this model's attention layers are 0..{blocks - 1}")
+        if not 0 <= self.head < heads:
+            raise CsekitError(f"Ditto head {self.head} out of range: this model's heads are 0..{heads - 1}")
+        parse_layers(self.layers, num_layers=blocks)
+
+    def config(self) -> dict:
+        return {"name": self.name, "layer": self.layer, "head": self.head, "layers": list(self.layers)}
+
+    def forward(self, outputs, attention_mask: Tensor) -> Tensor:
+        if not outputs.attentions:
+            raise RuntimeError("the backbone returned no attention probabilities; Ditto needs eager attention")
+        return ditto_pool(outputs.hidden_states, outputs.attentions, attention_mask,
+                          layer=self.layer, head=self.head, layers=self.layers)  # fmt: skip
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer}, head={self.head}, layers={self.layers}"
+
+
+class DittoPooling:
+    """What a saved Ditto folder names in ``modules.json`` in place of sentence-transformers' ``Pooling``.
+
+    sentence-transformers' ``Transformer`` module passes no attention probabilities on, so no module
+    after it can compute Ditto; rather than load such a folder as something else (mean pooling), loading
+    it in sentence-transformers stops here with this message. csekit loads it exactly.
+    """
+
+    MESSAGE = (
+        "{path}: this model pools with Ditto (diagonal attention pooling), which sentence-transformers cannot "
+        "compute (its Transformer module passes no attention weights on); load it with "
+        "csekit.load_encoder({path!r}) or evaluate it with `csekit eval {path}`"
+    )
+
+    def __init__(self, *args, **kwargs):
+        raise ValueError(self.MESSAGE.format(path="this folder"))
+
+    @classmethod
+    def load(cls, model_name_or_path: str, *args, **kwargs):
+        raise ValueError(cls.MESSAGE.format(path=model_name_or_path))
