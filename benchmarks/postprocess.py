@@ -1,7 +1,7 @@
 """Training-free post-processing on the seven STS test sets: BERT-whitening over WhiteningBERT's layer
 combinations, and Ditto, applied to raw or trained encoders.
 
-    python benchmarks/postprocess.py --models bert-mini-mlm            # a few minutes on 2 CPU cores
+    python benchmarks/postprocess.py --models bert-mini-mlm            # ~10 minutes on 2 shared CPU cores
     python benchmarks/postprocess.py --models all-MiniLM-L6-v2         # slower; results merge into the same files
 
 For each model and each layer combination (hidden states averaged over tokens; 0 = embedding output;
@@ -175,13 +175,17 @@ def markdown(saved: dict) -> str:
         lines += [f"## {name}", "",
                   f"{record['layers']} layers, {record['hidden']} dimensions; whitening fitted on the first "
                   f"{record['fit_sentences']} lines of {record['fit_on']} (unlabelled). {record['seconds']:.0f} s on "
-                  f"{record['machine']}. Saved-and-reloaded models match the tables to {max(c['max_abs_diff'] for c in record['reload_checks']):.1e} (max abs, whitened).", "",
+                  f"{record['machine']}. Saved-and-reloaded models match the tables to "
+                  f"{max(c['max_abs_diff'] for c in record['reload_checks']):.1e} (max abs, whitened).", "",
+                  f"    python benchmarks/postprocess.py --models {name}", "",
                   "| setting | dim | " + " | ".join(TITLES[t] for t in TASKS) + " | avg |",
                   "| --- | ---: |" + " ---: |" * (len(TASKS) + 1)]  # fmt: skip
         for row in record["rows"]:
             values = " | ".join(f"{row['metrics'][t]:.2f}" for t in (*TASKS, "avg"))
             lines.append(f"| {row['setting']} | {row['dim']} | {values} |")
         lines.append("")
+    lines += ["Whitening without a dimension keeps every direction that varies: the mean of one layer's LayerNorm",
+              "outputs lies in a hyperplane, so `mean + whitening` has one dimension fewer than the model.", ""]  # fmt: skip
     return "\n".join(lines)
 
 

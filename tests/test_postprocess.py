@@ -285,7 +285,7 @@ def _one_line_error(capsys) -> str:
     ("extra", "message"),
     [
         (["--method", "whitening", "--fit-on", "EMPTY"], "no sentences to fit on"),
-        (["--method", "whitening", "--fit-on", "FIT", "--dim", "33"], "--dim 33 is outside 1..32"),
+        (["--method", "whitening", "--fit-on", "FIT", "--dim", "33"], "whitening dimension 33 is outside 1..32"),
         (["--method", "whitening", "--fit-on", "FIT", "--max-sentences", "20"], "needs more than 32 sentences"),
         (["--method", "whitening", "--fit-on", "FIT", "--layers", "0,7"], "layer(s) 7 out of range"),
         (["--method", "whitening"], "whitening needs --fit-on"),

@@ -103,7 +103,7 @@ def whiten(
     """
     encoder.whitening = None
     if dim is not None and not 1 <= dim <= encoder.embedding_dim:
-        raise CsekitError(f"--dim {dim} is outside 1..{encoder.embedding_dim}, the embedding dimension of this model")
+        raise CsekitError(f"whitening dimension {dim} is outside 1..{encoder.embedding_dim}, this model's embedding dimension")
     embeddings = encoder.encode(sentences, batch_size=batch_size, normalize=False)  # (N, H)
     mu, kernel = fit_whitening(embeddings, dim=dim)
     encoder.whitening = whitening_layer(mu, kernel).to(encoder.device)
