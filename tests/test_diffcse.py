@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import math
-import socket
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import make_tiny_encoder, tiny_config
+from conftest import free_port, make_tiny_encoder, tiny_config
 from torch import nn
 from transformers import BertForMaskedLM, BertModel
 
@@ -288,16 +287,10 @@ def _worker(rank: int, port: int, out_dir: str, generator: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory, generator) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("ranks")
-    args = (_free_port(), str(out_dir), generator)
+    args = (int(free_port()), str(out_dir), generator)
     context = mp.start_processes(_worker, args=args, nprocs=WORLD_SIZE, join=False, start_method="fork")
     deadline = time.monotonic() + 120
     while not context.join(timeout=1):

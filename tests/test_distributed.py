@@ -7,7 +7,6 @@ gradient all-reduce, the gathered softmax), and float32 rounding would blur a 1e
 from __future__ import annotations
 
 import functools
-import socket
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from conftest import make_tiny_encoder
+from conftest import free_port, make_tiny_encoder
 from torch.nn.parallel import DistributedDataParallel
 
 from csekit import losses
@@ -88,18 +87,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("ranks")
     # fork, not spawn: the children inherit torch and transformers already imported (spawn re-imports
     # them, tens of seconds on a small machine).
-    args = (_free_port(), str(out_dir))
+    args = (int(free_port()), str(out_dir))
     context = mp.start_processes(_worker, args=args, nprocs=WORLD_SIZE, join=False, start_method="fork")
     deadline = time.monotonic() + 120
     while not context.join(timeout=1):
