@@ -63,6 +63,9 @@ def main() -> None:
             minutes = (time.perf_counter() - start) / 60
             evaluator = evaluator or STSEvaluator(TASKS, data_dir=config.data_dir)
             metrics = evaluator.evaluate(load_encoder(str(output / "best")))
+            # The run's eval.json, as `csekit eval RUN/best --json RUN/eval.json` writes it (csekit report reads it).
+            record = {"model": str(output / "best"), "mode": "test", "metrics": metrics}
+            (output / "eval.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             run = {"seed": seed, "best_dev": result.best_metric, "best_step": result.best_step, "steps": result.steps,
                    "examples_per_s": result.examples_per_second, "minutes": minutes,
                    "sts": {task: metrics[task] for task in (*TASKS, "avg")}}  # fmt: skip
