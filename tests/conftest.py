@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,20 @@ def train_single_and_two_ranks(folder: Path, **options) -> tuple[dict, dict, lis
     losses = [[json.loads(line)["train/loss"] for line in (run / "run" / "metrics.jsonl").read_text().splitlines()]
               for run in (single, double)]  # fmt: skip
     return final_weights(single / "run"), final_weights(double / "run"), losses
+
+
+def run_gloo_workers(worker, out_dir: Path, *args, world_size: int = 2) -> list[dict]:
+    """Run ``worker(rank, port, out_dir, *args)`` in ``world_size`` forked processes; each saves
+    ``out_dir/rank{rank}.pt``, returned in rank order. Fork, not spawn: the children inherit torch and
+    transformers already imported (spawn re-imports them, tens of seconds on a small machine)."""
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(worker, args=(int(free_port()), str(out_dir), *args), nprocs=world_size,
+                                 join=False, start_method="fork")  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the gloo workers did not finish in 120 s")
+    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(world_size)]

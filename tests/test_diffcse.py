@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import functools
 import math
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import free_port, make_tiny_encoder, tiny_config
+from conftest import make_tiny_encoder, run_gloo_workers, tiny_config
 from torch import nn
 from transformers import BertForMaskedLM, BertModel
 
@@ -290,15 +288,7 @@ def _worker(rank: int, port: int, out_dir: str, generator: str) -> None:
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory, generator) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("ranks")
-    args = (int(free_port()), str(out_dir), generator)
-    context = mp.start_processes(_worker, args=args, nprocs=WORLD_SIZE, join=False, start_method="fork")
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the gloo workers did not finish in 120 s")
-    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    return run_gloo_workers(_worker, out_dir, generator, world_size=WORLD_SIZE)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -7,14 +7,12 @@ gradient all-reduce, the gathered softmax), and float32 rounding would blur a 1e
 from __future__ import annotations
 
 import functools
-import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import free_port, make_tiny_encoder
+from conftest import make_tiny_encoder, run_gloo_workers
 from torch.nn.parallel import DistributedDataParallel
 
 from csekit import losses
@@ -90,17 +88,7 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def rank_results(tmp_path_factory) -> list[dict]:
     out_dir = tmp_path_factory.mktemp("ranks")
-    # fork, not spawn: the children inherit torch and transformers already imported (spawn re-imports
-    # them, tens of seconds on a small machine).
-    args = (int(free_port()), str(out_dir))
-    context = mp.start_processes(_worker, args=args, nprocs=WORLD_SIZE, join=False, start_method="fork")
-    deadline = time.monotonic() + 120
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the gloo workers did not finish in 120 s")
-    return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    return run_gloo_workers(_worker, out_dir, world_size=WORLD_SIZE)
 
 
 @functools.cache
