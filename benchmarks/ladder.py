@@ -10,7 +10,8 @@ STS-B dev score, and training sentences per second. ``--baseline`` adds the untr
 pooler (from benchmarks/poolers.py) as the row to beat. Test sets are only scored, never used to choose.
 
 ``--json`` is rewritten after every run, and runs already in it (same recipe, seed and overrides) are
-not trained again: an interrupted ladder continues where it stopped. ``--include`` adds the rows of
+not trained again: an interrupted ladder continues where it stopped. Runs of recipes not named this
+time stay in the file. ``--include`` adds the rows of
 earlier ladders (e.g. a SimCSE baseline trained with the same budget) to the table.
 """
 
@@ -73,7 +74,7 @@ def main() -> None:
             print(f"{name} seed {seed}: STS avg {metrics['avg']:.2f}, dev {result.best_metric:.2f} "
                   f"(step {result.best_step}), {minutes:.1f} min", flush=True)  # fmt: skip
             if args.json:
-                _write_json(args.json, args.seeds, args.overrides, rows)
+                _write_json(args.json, args.seeds, args.overrides, done | rows)
 
     print("\nSTS test, Spearman x100 (STS12-16 'all'), mean over seeds " + ", ".join(map(str, args.seeds)) + "\n")
     print("| run | " + " | ".join(TITLES[t] for t in TASKS) + " | avg (mean ± std) | STS-B dev | sent/s |")
@@ -91,7 +92,7 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means)
               + f" | {statistics.mean(averages):.2f} ± {spread:.2f} | {dev:.2f} | {speed:.1f} |")  # fmt: skip
     if args.json:
-        _write_json(args.json, args.seeds, args.overrides, rows)
+        _write_json(args.json, args.seeds, args.overrides, done | rows)
 
 
 def _write_json(path: str, seeds: list[int], overrides: list[str], runs: dict) -> None:
