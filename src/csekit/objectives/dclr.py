@@ -39,6 +39,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from csekit.distributed import all_gather_with_grad, get_rank, get_world_size
+from csekit.errors import CsekitError
 from csekit.losses import cosine_similarity_matrix, info_nce
 from csekit.models.encoder import SentenceEncoder
 from csekit.objectives.base import Batch, Objective
@@ -82,7 +83,7 @@ class DCLR(Objective):
                  complementary_model: str = ""):  # fmt: skip
         super().__init__()
         if noise_times < 0 or noise_steps < 0:
-            raise ValueError(f"noise_times and noise_steps must be >= 0, got {noise_times} and {noise_steps}")
+            raise CsekitError(f"dclr: noise_times and noise_steps must be >= 0, got {noise_times} and {noise_steps}")
         self.temperature = temperature
         self.phi = phi
         self.noise_times = noise_times

@@ -44,6 +44,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from csekit.augment.repetition import repeat_tokens
 from csekit.data.collate import concat_fields
+from csekit.errors import CsekitError
 from csekit.losses import cosine_similarity_matrix, info_nce
 from csekit.models.encoder import SentenceEncoder
 from csekit.objectives.base import Batch, Objective
@@ -121,7 +122,7 @@ class DebCSE(Objective):
                  semantic_model: str = ""):  # fmt: skip
         super().__init__()
         if num_bins < 1 or max_weight <= 0 or not 0 <= delete_rate < 1:
-            raise ValueError("num_bins must be >= 1, max_weight > 0 and delete_rate in [0, 1)")
+            raise CsekitError("debcse: num_bins must be >= 1, max_weight > 0 and delete_rate in [0, 1)")
         self.temperature, self.phi, self.num_bins, self.max_weight = temperature, phi, num_bins, max_weight
         self.dup_rate, self.delete_rate = dup_rate, delete_rate
         self.semantic = frozen_encoder(encoder, semantic_model, role="semantic_model")

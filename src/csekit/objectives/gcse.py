@@ -41,6 +41,7 @@ import torch
 from torch import Tensor
 
 from csekit.data.collate import concat_fields
+from csekit.errors import CsekitError
 from csekit.losses import info_nce
 from csekit.models.encoder import SentenceEncoder
 from csekit.objectives.base import Batch, Objective
@@ -77,7 +78,7 @@ class GCSE(Objective):
                  base_model: str = ""):  # fmt: skip
         super().__init__()
         if alpha <= 0:
-            raise ValueError(f"alpha (the Gaussian's width) must be positive, got {alpha}")
+            raise CsekitError(f"gcse: alpha (the Gaussian's width) must be positive, got {alpha}")
         self.temperature = temperature
         self.alpha = alpha
         self.base = frozen_encoder(encoder, base_model, role="base_model")
