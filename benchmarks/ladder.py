@@ -11,8 +11,9 @@ pooler (from benchmarks/poolers.py) as the row to beat. Test sets are only score
 
 ``--json`` is rewritten after every run, and runs already in it (same recipe, seed and overrides) are
 not trained again: an interrupted ladder continues where it stopped. Runs of recipes not named this
-time stay in the file. ``--include`` adds the rows of
-earlier ladders (e.g. a SimCSE baseline trained with the same budget) to the table.
+time stay in the file. ``--include`` adds the rows of earlier ladders (e.g. a SimCSE baseline trained
+with the same budget, or a recipe trained with other ``--set`` options, labelled:
+``--include "best pair=consert-best.json"``) to the table.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import statistics
 import time
+import traceback
 from pathlib import Path
 
 from csekit.evaluation.sts import TASKS, TITLES, STSEvaluator
@@ -37,14 +39,17 @@ def main() -> None:
     parser.add_argument("--runs-dir", default="runs/ladder")
     parser.add_argument("--baseline", help="JSON written by benchmarks/poolers.py")
     parser.add_argument("--json")
-    parser.add_argument("--include", nargs="*", default=[], help="JSON files of earlier ladders to show first")
+    parser.add_argument("--include", nargs="*", default=[], metavar="[LABEL=]JSON",
+                        help="earlier ladders to show first; LABEL marks their rows, e.g. other options")  # fmt: skip
     args = parser.parse_args()
 
     evaluator = None
     rows = {}
     included = {}
     for earlier in args.include:
-        included.update(json.loads(Path(earlier).read_text())["runs"])
+        label, _, path = earlier.rpartition("=")
+        runs = json.loads(Path(path).read_text())["runs"]
+        included.update({f"{name} ({label})" if label else name: seeds for name, seeds in runs.items()})
     done = {}
     if args.json and Path(args.json).is_file():
         saved = json.loads(Path(args.json).read_text())
@@ -60,7 +65,12 @@ def main() -> None:
             output = Path(args.runs_dir) / f"{name}-seed{seed}"
             config = TrainConfig.from_yaml(recipe, [*args.overrides, f"seed={seed}", f"output_dir={output}"])
             start = time.perf_counter()
-            result = train(config)
+            try:
+                result = train(config)
+            except Exception:  # one broken recipe must not cost the other runs of a long ladder
+                traceback.print_exc()
+                print(f"{name} seed {seed}: FAILED (not recorded; fix and rerun to resume)", flush=True)
+                continue
             minutes = (time.perf_counter() - start) / 60
             evaluator = evaluator or STSEvaluator(TASKS, data_dir=config.data_dir)
             metrics = evaluator.evaluate(load_encoder(str(output / "best")))
