@@ -20,7 +20,7 @@ from csekit.evaluation.transfer import (
     MODES,
     TASK_FILES,
     TRANSFER_TASKS,
-    LinearProbe,
+    LinearProbes,
     ProbeConfig,
     ProbeFactory,
     TransferEvaluator,
@@ -207,10 +207,10 @@ def _blobs(n: int, dim: int = 8, *, seed: int = 0, margin: float = 3.0) -> tuple
 def test_probe_learns_a_linearly_separable_problem():
     x, y = _blobs(400)
     test_x, test_y = _blobs(200, seed=1)
-    probe = ProbeFactory(8, 2, MODES["fasttest"], 1111)(1e-5)
-    assert probe.fit(x, y, validation_split=0.05) > 0.95
-    assert probe.score(test_x, test_y) > 0.97
-    assert probe.predict(test_x).shape == (200,)
+    probe = ProbeFactory(8, 2, MODES["fasttest"], 1111)([1e-5])
+    assert probe.fit(x, y, validation_split=0.05)[0] > 0.95
+    assert probe.score(test_x, test_y)[0] > 0.97
+    assert probe.predict(test_x).shape == (1, 200)
 
 
 def test_probe_is_deterministic_and_leaves_global_random_state_alone():
@@ -220,12 +220,30 @@ def test_probe_is_deterministic_and_leaves_global_random_state_alone():
     torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
     weights = []
     for _ in range(2):
-        probe = LinearProbe(8, 2, l2=1e-3, config=MODES["test"], seed=1111)
+        probe = LinearProbes(8, 2, l2s=[1e-3], config=MODES["test"], seed=1111)
         probe.fit(x, y, validation_split=0.05)
-        weights.append(probe.linear.weight.detach().clone())
+        weights.append(probe.weight.detach().clone())
     torch.testing.assert_close(weights[0], weights[1], rtol=0, atol=0)
     assert torch.equal(torch.get_rng_state(), torch_state)
     np.testing.assert_array_equal(np.random.get_state()[1], numpy_state)
+
+
+@pytest.mark.parametrize(("optim", "seed"), [("adam", 6), ("rmsprop", 8)])
+def test_probes_trained_together_equal_probes_trained_one_by_one(optim, seed):
+    # The L2 grid shares one Linear; each probe must train exactly as it would alone, early stopping
+    # included: on these data one probe's dev accuracy would still rise after it has stopped.
+    x, y = _blobs(300, dim=6, seed=seed, margin=0.4)
+    dev = _blobs(80, dim=6, seed=seed + 1, margin=0.4)
+    config = ProbeConfig(kfold=3, optim=optim, batch_size=32, tenacity=2, epoch_size=1, max_epoch=60)
+    l2s = (1e-5, 1e-2, 3e-1, 1.0)
+    together = LinearProbes(6, 2, l2s=l2s, config=config, seed=1111)
+    accuracies = together.fit(x, y, validation=dev)
+    for m, l2 in enumerate(l2s):
+        alone = LinearProbes(6, 2, l2s=[l2], config=config, seed=1111)
+        assert alone.fit(x, y, validation=dev) == [accuracies[m]]
+        torch.testing.assert_close(together.weight[2 * m : 2 * m + 2], alone.weight, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(together.bias[2 * m : 2 * m + 2], alone.bias, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(together.predict(dev[0])[m], alone.predict(dev[0])[0])
 
 
 def test_binary_f1_equals_scikit_learn():

@@ -37,7 +37,7 @@ MR/CR/SUBJ/MPQA folds; here ``seed`` drives those too (identical at the default 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -261,18 +261,31 @@ def stratified_folds(labels: np.ndarray, k: int, *, seed: int) -> list[tuple[np.
 
 
 # ------------------------------------------------------------------------------------ classifier
-class LinearProbe:
-    """Logistic regression trained as SentEval's ``PyTorchClassifier`` trains its ``MLP(nhid=0)``."""
+class LinearProbes:
+    """Logistic regressions trained as SentEval's ``PyTorchClassifier`` trains its ``MLP(nhid=0)``, one per L2.
 
-    def __init__(self, dim: int, classes: int, *, l2: float, config: ProbeConfig, seed: int, device="cpu"):
+    SentEval trains one classifier per L2 penalty of its grid, each reseeded identically: the same
+    initial weights, validation split and batch order, only the weight decay differs. So the ``M``
+    probes here are one ``Linear`` with ``M x classes`` outputs: each batch is one forward, backward
+    and optimizer step for all of them instead of ``M`` (the Python overhead of these tiny steps is
+    the cost), while each probe's loss, gradient and update are its own. Each early-stops on its own
+    validation accuracy and keeps its own best weights.
+    """
+
+    def __init__(self, dim: int, classes: int, *, l2s: Sequence[float], config: ProbeConfig, seed: int,
+                 device="cpu"):  # fmt: skip
         with torch.random.fork_rng(devices=[]):  # SentEval calls torch.manual_seed(seed) here
             torch.manual_seed(seed)
-            self.linear = nn.Linear(dim, classes)
-        self.linear.to(device)
+            linear = nn.Linear(dim, classes)
+        self.count, self.classes = len(l2s), classes
         self.device = torch.device(device)
+        self.weight = nn.Parameter(linear.weight.detach().repeat(self.count, 1).to(self.device))  # (M*C, D)
+        self.bias = nn.Parameter(linear.bias.detach().repeat(self.count).to(self.device))  # (M*C,)
+        self.decay = torch.tensor(l2s, dtype=torch.float32, device=self.device).repeat_interleave(classes)  # (M*C,)
         self.rng = np.random.RandomState(seed)  # SentEval: np.random.seed(seed), then shuffles from it
         self.config = config
-        self.optimizer = OPTIMIZERS[config.optim](self.linear.parameters(), weight_decay=l2)
+        # Weight decay is added to the gradients per probe (see _one_pass), as torch adds weight_decay.
+        self.optimizer = OPTIMIZERS[config.optim]([self.weight, self.bias])
 
     def fit(
         self,
@@ -281,10 +294,10 @@ class LinearProbe:
         *,
         validation: tuple[np.ndarray, np.ndarray] | None = None,
         validation_split: float = 0.05,
-    ) -> float:
+    ) -> list[float]:
         """Train with early stopping on ``validation``, else on a random ``validation_split`` of the data.
 
-        Returns the best validation accuracy (in [0, 1]); the probe keeps the weights that reached it.
+        Returns each probe's best validation accuracy (in [0, 1]); each keeps the weights that reached it.
         """
         if validation is None:
             order = self.rng.permutation(len(features))
@@ -293,32 +306,46 @@ class LinearProbe:
             features, labels = features[order[cut:]], labels[order[cut:]]
         x, y = self._tensors(features, labels)
         dev_x, dev_y = self._tensors(*validation)
-        best, best_state, strikes, epoch = -1.0, None, 0, 0
-        while epoch <= self.config.max_epoch:
+        best = [-1.0] * self.count
+        best_weight, best_bias = self.weight.detach().clone(), self.bias.detach().clone()
+        strikes, stopped, epoch = [0] * self.count, [False] * self.count, 0
+        while epoch <= self.config.max_epoch and not all(stopped):
             for _ in range(self.config.epoch_size):
-                self._one_pass(x, y)
+                self._one_pass(x, y)  # a stopped probe trains on, unused: its best weights are kept
             epoch += self.config.epoch_size
-            accuracy = self._accuracy(dev_x, dev_y)
-            if accuracy > best:
-                best, best_state = accuracy, {k: v.clone() for k, v in self.linear.state_dict().items()}
-            else:
-                if strikes >= self.config.tenacity:
-                    break
-                strikes += 1  # never reset: SentEval counts every non-improving epoch
-        self.linear.load_state_dict(best_state)
+            for m, accuracy in enumerate(self._accuracies(dev_x, dev_y)):
+                if stopped[m]:
+                    continue
+                if accuracy > best[m]:
+                    best[m] = accuracy
+                    rows = slice(m * self.classes, (m + 1) * self.classes)
+                    best_weight[rows], best_bias[rows] = self.weight.detach()[rows], self.bias.detach()[rows]
+                elif strikes[m] >= self.config.tenacity:
+                    stopped[m] = True
+                else:
+                    strikes[m] += 1  # never reset: SentEval counts every non-improving epoch
+        with torch.no_grad():
+            self.weight.copy_(best_weight)
+            self.bias.copy_(best_bias)
         return best
 
     def _one_pass(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.linear.train()
         order = torch.from_numpy(self.rng.permutation(len(x))).to(self.device)
         for start in range(0, len(x), self.config.batch_size):
             batch = order[start : start + self.config.batch_size]
-            loss = F.cross_entropy(
-                self.linear(x[batch]), y[batch]
-            )  # mean: SentEval's size_average=False is inert
+            logits = self._logits(x[batch])  # (b, M, C)
+            targets = y[batch].repeat_interleave(self.count)  # (b*M,)
+            losses = F.cross_entropy(logits.reshape(-1, self.classes), targets, reduction="none")
+            loss = losses.view(-1, self.count).mean(dim=0).sum()  # each probe's mean over the batch
             self.optimizer.zero_grad()
             loss.backward()
+            with torch.no_grad():  # torch's weight_decay: grad += l2 * param, each probe its own l2
+                self.weight.grad.add_(self.weight * self.decay[:, None])
+                self.bias.grad.add_(self.bias * self.decay)
             self.optimizer.step()
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias).view(len(x), self.count, self.classes)  # (N, M, C)
 
     def _tensors(self, features: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.as_tensor(features, dtype=torch.float32, device=self.device),
@@ -326,17 +353,18 @@ class LinearProbe:
 
     @torch.no_grad()
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
-        self.linear.eval()
-        return self.linear(x).argmax(dim=1)
+        return self._logits(x).argmax(dim=2).T  # (M, N)
 
-    def _accuracy(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        return int((self._predict(x) == y).sum()) / len(y)  # SentEval: 1.0 * correct / len
+    def _accuracies(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+        return [int(correct) / len(y) for correct in (self._predict(x) == y).sum(dim=1)]  # SentEval: correct / len
 
     def predict(self, features: np.ndarray) -> np.ndarray:
+        """(M, N) class predictions, one row per probe."""
         return self._predict(torch.as_tensor(features, dtype=torch.float32, device=self.device)).cpu().numpy()
 
-    def score(self, features: np.ndarray, labels: np.ndarray) -> float:
-        return self._accuracy(*self._tensors(features, labels))
+    def score(self, features: np.ndarray, labels: np.ndarray) -> list[float]:
+        """Each probe's accuracy in [0, 1]."""
+        return self._accuracies(*self._tensors(features, labels))
 
 
 # ------------------------------------------------------------------------------------ protocols
@@ -362,10 +390,8 @@ class ProbeFactory:
     seed: int
     device: str | torch.device = "cpu"
 
-    def __call__(self, l2: float) -> LinearProbe:
-        return LinearProbe(
-            self.dim, self.classes, l2=l2, config=self.config, seed=self.seed, device=self.device
-        )
+    def __call__(self, l2s: Sequence[float]) -> LinearProbes:
+        return LinearProbes(self.dim, self.classes, l2s=l2s, config=self.config, seed=self.seed, device=self.device)
 
 
 @contextmanager
@@ -386,14 +412,12 @@ def torch_threads(count: int | None) -> Iterator[None]:
 
 def _kfold_l2(make: ProbeFactory, x: np.ndarray, y: np.ndarray, folds) -> tuple[float, float]:
     """Each L2's mean accuracy over ``folds`` (each model early-stops on its own test fold) -> best (l2, %)."""
-    scores = []
-    for l2 in L2_GRID:
-        fold_scores = []
-        for train, test in folds:
-            probe = make(l2)
-            probe.fit(x[train], y[train], validation=(x[test], y[test]))
-            fold_scores.append(probe.score(x[test], y[test]))
-        scores.append(_mean_percent(fold_scores))
+    fold_scores = []  # (folds, L2s)
+    for train, test in folds:
+        probes = make(L2_GRID)
+        probes.fit(x[train], y[train], validation=(x[test], y[test]))
+        fold_scores.append(probes.score(x[test], y[test]))
+    scores = [_mean_percent(list(column)) for column in zip(*fold_scores)]
     best = int(np.argmax(scores))  # the first of tied scores, as np.argmax in SentEval
     return L2_GRID[best], scores[best]
 
@@ -405,10 +429,10 @@ def inner_kfold_accuracy(make: ProbeFactory, x: np.ndarray, y: np.ndarray) -> tu
     for train, test in stratified_folds(y, k, seed=seed):
         x_train, y_train = x[train], y[train]
         l2, dev = _kfold_l2(make, x_train, y_train, stratified_folds(y_train, k, seed=seed))
-        probe = make(l2)
+        probe = make([l2])
         probe.fit(x_train, y_train, validation_split=0.05)
         dev_scores.append(dev)
-        test_scores.append(_percent(probe.score(x[test], y[test])))
+        test_scores.append(_percent(probe.score(x[test], y[test])[0]))
     return _mean(dev_scores), _mean(test_scores)
 
 
@@ -418,9 +442,9 @@ def kfold_accuracy(
     """SentEval's ``KFoldClassifier``: (dev %, test %, test predictions), L2 chosen by k-fold on train."""
     x, y = train
     l2, dev = _kfold_l2(make, x, y, stratified_folds(y, make.config.kfold, seed=make.seed))
-    probe = make(l2)
+    probe = make([l2])
     probe.fit(x, y, validation_split=0.05)
-    return dev, _percent(probe.score(*test)), probe.predict(test[0])
+    return dev, _percent(probe.score(*test)[0]), probe.predict(test[0])[0]
 
 
 def split_accuracy(
@@ -428,15 +452,12 @@ def split_accuracy(
     test: tuple[np.ndarray, np.ndarray],
 ) -> tuple[float, float]:  # fmt: skip
     """SentEval's ``SplitClassifier``: (dev %, test %), L2 chosen on dev."""
-    best_score, best_probe = -1.0, None
-    for l2 in L2_GRID:
-        probe = make(l2)
-        probe.fit(*train, validation=dev)
-        score = _percent(probe.score(*dev))
-        if score > best_score:  # strict: the first of tied scores, as np.argmax
-            best_score, best_probe = score, probe
+    probes = make(L2_GRID)
+    probes.fit(*train, validation=dev)
+    scores = [_percent(accuracy) for accuracy in probes.score(*dev)]
+    best = int(np.argmax(scores))  # the first of tied scores, as np.argmax in SentEval
     # SentEval refits the chosen L2 from the same seed, which reproduces this very probe: keep it instead.
-    return best_score, _percent(best_probe.score(*test))
+    return scores[best], _percent(probes.score(*test)[best])
 
 
 def binary_f1(labels: np.ndarray, predictions: np.ndarray) -> float:
