@@ -241,9 +241,30 @@ def test_probes_trained_together_equal_probes_trained_one_by_one(optim, seed):
     for m, l2 in enumerate(l2s):
         alone = LinearProbes(6, 2, l2s=[l2], config=config, seed=1111)
         assert alone.fit(x, y, validation=dev) == [accuracies[m]]
-        torch.testing.assert_close(together.weight[2 * m : 2 * m + 2], alone.weight, rtol=1e-6, atol=1e-7)
-        torch.testing.assert_close(together.bias[2 * m : 2 * m + 2], alone.bias, rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(together.weight[0, 2 * m : 2 * m + 2], alone.weight[0], rtol=1e-6, atol=1e-7)
+        torch.testing.assert_close(together.bias[0, 2 * m : 2 * m + 2], alone.bias[0], rtol=1e-6, atol=1e-7)
         np.testing.assert_array_equal(together.predict(dev[0])[m], alone.predict(dev[0])[0])
+
+
+@pytest.mark.parametrize("optim", ["adam", "rmsprop"])
+def test_training_sets_trained_together_equal_each_trained_alone(optim):
+    # Cross-validation folds share one batched layer: each set keeps its own batch order (its own
+    # RandomState), its own validation set and, where the last batches differ in size, its own mean.
+    config = ProbeConfig(kfold=3, optim=optim, batch_size=32, tenacity=2, epoch_size=1, max_epoch=40)
+    l2s = (1e-5, 1e-1)
+    data = []
+    for seed, size in ((11, 300), (12, 290), (13, 301)):  # last batches of 12, 2 and 13 examples
+        x, y = _blobs(size, dim=6, seed=seed, margin=0.5)
+        data.append((x, y, *_blobs(60 + seed, dim=6, seed=seed + 100, margin=0.5)))
+    together = LinearProbes(6, 2, l2s=l2s, config=config, seed=1111, sets=3)
+    accuracies = together.fit_sets(data)
+    for s, (x, y, dev_x, dev_y) in enumerate(data):
+        alone = LinearProbes(6, 2, l2s=l2s, config=config, seed=1111)
+        assert alone.fit(x, y, validation=(dev_x, dev_y)) == accuracies[s]
+        torch.testing.assert_close(together.weight[s], alone.weight[0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(together.bias[s], alone.bias[0], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="same number of batches"):
+        LinearProbes(6, 2, l2s=l2s, config=config, seed=1111, sets=2).fit_sets([data[0], (*_blobs(200), *data[0][2:])])
 
 
 def test_binary_f1_equals_scikit_learn():

@@ -262,29 +262,34 @@ def stratified_folds(labels: np.ndarray, k: int, *, seed: int) -> list[tuple[np.
 
 # ------------------------------------------------------------------------------------ classifier
 class LinearProbes:
-    """Logistic regressions trained as SentEval's ``PyTorchClassifier`` trains its ``MLP(nhid=0)``, one per L2.
+    """Logistic regressions trained as SentEval's ``PyTorchClassifier`` trains its ``MLP(nhid=0)``: one per
+    (training set, L2 penalty).
 
-    SentEval trains one classifier per L2 penalty of its grid, each reseeded identically: the same
-    initial weights, validation split and batch order, only the weight decay differs. So the ``M``
-    probes here are one ``Linear`` with ``M x classes`` outputs: each batch is one forward, backward
-    and optimizer step for all of them instead of ``M`` (the Python overhead of these tiny steps is
-    the cost), while each probe's loss, gradient and update are its own. Each early-stops on its own
-    validation accuracy and keeps its own best weights.
+    SentEval trains one classifier per L2 penalty of its grid and, in cross-validation, per fold, each
+    reseeded identically: the same initial weights, and per training set the same batch order; the
+    penalties differ only in weight decay. So the probes here are one batched linear layer of shape
+    (sets, L2s x classes, dim): each batch is one forward, backward and optimizer step for all of them
+    instead of one each (the Python overhead of these tiny steps is the cost), while every probe's
+    loss, gradient, update, early stopping and best weights stay its own. Each training set draws its
+    batches from its own ``RandomState(seed)``, as its own classifier would; sets trained together must
+    take the same number of batches a pass (k-fold training sets, a few examples apart, nearly always do).
     """
 
     def __init__(self, dim: int, classes: int, *, l2s: Sequence[float], config: ProbeConfig, seed: int,
-                 device="cpu"):  # fmt: skip
+                 device="cpu", sets: int = 1):  # fmt: skip
         with torch.random.fork_rng(devices=[]):  # SentEval calls torch.manual_seed(seed) here
             torch.manual_seed(seed)
             linear = nn.Linear(dim, classes)
-        self.count, self.classes = len(l2s), classes
+        self.sets, self.count, self.classes = sets, len(l2s), classes
         self.device = torch.device(device)
-        self.weight = nn.Parameter(linear.weight.detach().repeat(self.count, 1).to(self.device))  # (M*C, D)
-        self.bias = nn.Parameter(linear.bias.detach().repeat(self.count).to(self.device))  # (M*C,)
-        self.decay = torch.tensor(l2s, dtype=torch.float32, device=self.device).repeat_interleave(classes)  # (M*C,)
-        self.rng = np.random.RandomState(seed)  # SentEval: np.random.seed(seed), then shuffles from it
+        weight = linear.weight.detach().repeat(self.count, 1)  # (L*C, D)
+        self.weight = nn.Parameter(weight.expand(sets, -1, -1).clone().to(self.device))  # (S, L*C, D)
+        bias = linear.bias.detach().repeat(self.count)
+        self.bias = nn.Parameter(bias.expand(sets, -1).clone().to(self.device))  # (S, L*C)
+        self.decay = torch.tensor(l2s, dtype=torch.float32, device=self.device).repeat_interleave(classes)
+        self.rngs = [np.random.RandomState(seed) for _ in range(sets)]  # SentEval: np.random.seed(seed)
         self.config = config
-        # Weight decay is added to the gradients per probe (see _one_pass), as torch adds weight_decay.
+        # Weight decay is added to the gradients per probe (see _step), as torch adds weight_decay.
         self.optimizer = OPTIMIZERS[config.optim]([self.weight, self.bias])
 
     def fit(
@@ -295,76 +300,115 @@ class LinearProbes:
         validation: tuple[np.ndarray, np.ndarray] | None = None,
         validation_split: float = 0.05,
     ) -> list[float]:
-        """Train with early stopping on ``validation``, else on a random ``validation_split`` of the data.
+        """One training set: early stopping on ``validation``, else on a random ``validation_split`` of it.
 
-        Returns each probe's best validation accuracy (in [0, 1]); each keeps the weights that reached it.
+        Returns each L2's best validation accuracy (in [0, 1]); each probe keeps the weights that reached it.
         """
         if validation is None:
-            order = self.rng.permutation(len(features))
+            order = self.rngs[0].permutation(len(features))
             cut = max(1, int(validation_split * len(features)))  # SentEval divides by zero at 0
             validation = features[order[:cut]], labels[order[:cut]]
             features, labels = features[order[cut:]], labels[order[cut:]]
-        x, y = self._tensors(features, labels)
-        dev_x, dev_y = self._tensors(*validation)
-        best = [-1.0] * self.count
+        return self.fit_sets([(features, labels, *validation)])[0]
+
+    def fit_sets(self, data: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]) -> list[list[float]]:
+        """Train on ``sets`` training sets at once: (features, labels, validation features, validation labels)
+        each. Returns the best validation accuracies, (sets, L2s)."""
+        if len(data) != self.sets:
+            raise ValueError(f"{len(data)} training sets given to probes built for {self.sets}")
+        xs = [torch.as_tensor(x, dtype=torch.float32, device=self.device) for x, *_ in data]
+        ys = [torch.as_tensor(y, dtype=torch.int64, device=self.device) for _, y, *_ in data]
+        validation = [self._tensors(x, y) for *_, x, y in data]
+        if len({-(-len(x) // self.config.batch_size) for x in xs}) != 1:
+            raise ValueError("training sets trained together must take the same number of batches a pass")
+        best = np.full((self.sets, self.count), -1.0)
+        strikes = np.zeros((self.sets, self.count), dtype=np.int64)
+        stopped = np.zeros((self.sets, self.count), dtype=bool)
         best_weight, best_bias = self.weight.detach().clone(), self.bias.detach().clone()
-        strikes, stopped, epoch = [0] * self.count, [False] * self.count, 0
-        while epoch <= self.config.max_epoch and not all(stopped):
+        epoch = 0
+        while epoch <= self.config.max_epoch and not stopped.all():
             for _ in range(self.config.epoch_size):
-                self._one_pass(x, y)  # a stopped probe trains on, unused: its best weights are kept
+                self._one_pass(xs, ys)  # a stopped probe trains on, unused: its best weights are kept
             epoch += self.config.epoch_size
-            for m, accuracy in enumerate(self._accuracies(dev_x, dev_y)):
-                if stopped[m]:
+            for (s, m), accuracy in np.ndenumerate(self._accuracies(validation)):
+                if stopped[s, m]:
                     continue
-                if accuracy > best[m]:
-                    best[m] = accuracy
+                if accuracy > best[s, m]:
+                    best[s, m] = accuracy
                     rows = slice(m * self.classes, (m + 1) * self.classes)
-                    best_weight[rows], best_bias[rows] = self.weight.detach()[rows], self.bias.detach()[rows]
-                elif strikes[m] >= self.config.tenacity:
-                    stopped[m] = True
+                    best_weight[s, rows], best_bias[s, rows] = self.weight.detach()[s, rows], self.bias.detach()[s, rows]
+                elif strikes[s, m] >= self.config.tenacity:
+                    stopped[s, m] = True
                 else:
-                    strikes[m] += 1  # never reset: SentEval counts every non-improving epoch
+                    strikes[s, m] += 1  # never reset: SentEval counts every non-improving epoch
         with torch.no_grad():
             self.weight.copy_(best_weight)
             self.bias.copy_(best_bias)
-        return best
+        return best.tolist()
 
-    def _one_pass(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        order = torch.from_numpy(self.rng.permutation(len(x))).to(self.device)
-        for start in range(0, len(x), self.config.batch_size):
-            batch = order[start : start + self.config.batch_size]
-            logits = self._logits(x[batch])  # (b, M, C)
-            targets = y[batch].repeat_interleave(self.count)  # (b*M,)
-            losses = F.cross_entropy(logits.reshape(-1, self.classes), targets, reduction="none")
-            loss = losses.view(-1, self.count).mean(dim=0).sum()  # each probe's mean over the batch
-            self.optimizer.zero_grad()
-            loss.backward()
-            with torch.no_grad():  # torch's weight_decay: grad += l2 * param, each probe its own l2
-                self.weight.grad.add_(self.weight * self.decay[:, None])
-                self.bias.grad.add_(self.bias * self.decay)
-            self.optimizer.step()
+    def _one_pass(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> None:
+        orders = [torch.from_numpy(rng.permutation(len(x))).to(self.device) for rng, x in zip(self.rngs, xs)]
+        for start in range(0, len(xs[0]), self.config.batch_size):
+            batches = [order[start : start + self.config.batch_size] for order in orders]
+            sizes = [len(batch) for batch in batches]
+            if len(set(sizes)) == 1:
+                x = torch.stack([x[batch] for x, batch in zip(xs, batches)])  # (S, b, D)
+                y = torch.stack([y[batch] for y, batch in zip(ys, batches)])  # (S, b)
+                self._step(x, y, None)
+                continue
+            # A last batch of different sizes: pad, and weigh the padding 0 (each mean over its own examples).
+            x = xs[0].new_zeros(self.sets, max(sizes), xs[0].shape[1])
+            y = ys[0].new_zeros(self.sets, max(sizes))
+            mask = torch.zeros(self.sets, max(sizes), device=self.device)
+            for s, batch in enumerate(batches):
+                x[s, : len(batch)], y[s, : len(batch)], mask[s, : len(batch)] = xs[s][batch], ys[s][batch], 1.0
+            self._step(x, y, mask)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None) -> None:
+        logits = self._logits(x)  # (S, b, L, C)
+        targets = y[:, :, None].expand(-1, -1, self.count)  # (S, b, L)
+        losses = F.cross_entropy(logits.reshape(-1, self.classes), targets.reshape(-1), reduction="none")
+        losses = losses.view(targets.shape)
+        if mask is None:
+            loss = losses.mean(dim=1).sum()  # each probe's mean over its batch
+        else:
+            loss = ((losses * mask[:, :, None]).sum(dim=1) / mask.sum(dim=1, keepdim=True)).sum()
+        self.optimizer.zero_grad()
+        loss.backward()
+        with torch.no_grad():  # torch's weight_decay: grad += l2 * param, each probe its own l2
+            self.weight.grad.add_(self.weight * self.decay[:, None])
+            self.bias.grad.add_(self.bias * self.decay)
+        self.optimizer.step()
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias).view(len(x), self.count, self.classes)  # (N, M, C)
+        """(S, N, D) -> (S, N, L, C)."""
+        if self.sets == 1:  # one training set: the plain Linear's arithmetic
+            logits = F.linear(x[0], self.weight[0], self.bias[0])[None]
+        else:
+            logits = torch.baddbmm(self.bias[:, None, :], x, self.weight.transpose(1, 2))
+        return logits.view(*x.shape[:2], self.count, self.classes)
 
     def _tensors(self, features: np.ndarray, labels: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         return (torch.as_tensor(features, dtype=torch.float32, device=self.device),
                 torch.as_tensor(labels, dtype=torch.int64, device=self.device))  # fmt: skip
 
     @torch.no_grad()
-    def _predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self._logits(x).argmax(dim=2).T  # (M, N)
+    def _predict(self, s: int, x: torch.Tensor) -> torch.Tensor:
+        logits = F.linear(x, self.weight[s], self.bias[s]).view(len(x), self.count, self.classes)
+        return logits.argmax(dim=2).T  # (L, N)
 
-    def _accuracies(self, x: torch.Tensor, y: torch.Tensor) -> list[float]:
-        return [int(correct) / len(y) for correct in (self._predict(x) == y).sum(dim=1)]  # SentEval: correct / len
+    def _accuracies(self, data: list[tuple[torch.Tensor, torch.Tensor]]) -> np.ndarray:
+        """(S, L) accuracies of set s's probes on data[s]; SentEval: correct / len."""
+        return np.asarray([[int(correct) / len(y) for correct in (self._predict(s, x) == y).sum(dim=1)]
+                           for s, (x, y) in enumerate(data)])  # fmt: skip
 
     def predict(self, features: np.ndarray) -> np.ndarray:
-        """(M, N) class predictions, one row per probe."""
-        return self._predict(torch.as_tensor(features, dtype=torch.float32, device=self.device)).cpu().numpy()
+        """(L, N) class predictions of the first set's probes, one row per L2."""
+        return self._predict(0, torch.as_tensor(features, dtype=torch.float32, device=self.device)).cpu().numpy()
 
     def score(self, features: np.ndarray, labels: np.ndarray) -> list[float]:
-        """Each probe's accuracy in [0, 1]."""
-        return self._accuracies(*self._tensors(features, labels))
+        """The first set's probes' accuracies in [0, 1], one per L2."""
+        return self._accuracies([self._tensors(features, labels)])[0].tolist()
 
 
 # ------------------------------------------------------------------------------------ protocols
@@ -390,8 +434,9 @@ class ProbeFactory:
     seed: int
     device: str | torch.device = "cpu"
 
-    def __call__(self, l2s: Sequence[float]) -> LinearProbes:
-        return LinearProbes(self.dim, self.classes, l2s=l2s, config=self.config, seed=self.seed, device=self.device)
+    def __call__(self, l2s: Sequence[float], sets: int = 1) -> LinearProbes:
+        return LinearProbes(self.dim, self.classes, l2s=l2s, config=self.config, seed=self.seed, device=self.device,
+                            sets=sets)  # fmt: skip
 
 
 @contextmanager
@@ -412,11 +457,15 @@ def torch_threads(count: int | None) -> Iterator[None]:
 
 def _kfold_l2(make: ProbeFactory, x: np.ndarray, y: np.ndarray, folds) -> tuple[float, float]:
     """Each L2's mean accuracy over ``folds`` (each model early-stops on its own test fold) -> best (l2, %)."""
-    fold_scores = []  # (folds, L2s)
+    # Folds taking the same number of batches a pass train together; the accuracy a probe reaches on
+    # its own test fold (its early-stopping set) is its best validation accuracy.
+    groups: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for train, test in folds:
-        probes = make(L2_GRID)
-        probes.fit(x[train], y[train], validation=(x[test], y[test]))
-        fold_scores.append(probes.score(x[test], y[test]))
+        groups.setdefault(-(-len(train) // make.config.batch_size), []).append((train, test))
+    fold_scores = []  # (folds, L2s)
+    for group in groups.values():
+        probes = make(L2_GRID, sets=len(group))
+        fold_scores += probes.fit_sets([(x[train], y[train], x[test], y[test]) for train, test in group])
     scores = [_mean_percent(list(column)) for column in zip(*fold_scores)]
     best = int(np.argmax(scores))  # the first of tied scores, as np.argmax in SentEval
     return L2_GRID[best], scores[best]
