@@ -63,6 +63,11 @@ def timed(function):
     return value, time.perf_counter() - start
 
 
+def _done(row: dict) -> dict:
+    print(f"{row['part']}: {row['headline']} ({row['seconds']:.1f} s)", file=sys.stderr, flush=True)
+    return row
+
+
 def run_parts(args: argparse.Namespace, encoder, device: str) -> list[dict]:
     """One row per part: name, seconds, metrics, headline."""
     common = {"data_dir": args.data_dir, "batch_size": args.batch_size}
@@ -70,22 +75,22 @@ def run_parts(args: argparse.Namespace, encoder, device: str) -> list[dict]:
     if args.sts_tasks != "none":
         tasks = parse_tasks(args.sts_tasks)
         metrics, seconds = timed(lambda: STSEvaluator(tasks, mode="test", **common).evaluate(encoder))
-        rows.append({"part": "sts", "seconds": seconds, "metrics": metrics, "headline": f"avg {metrics['avg']:.2f}"})
+        rows.append(_done({"part": "sts", "seconds": seconds, "metrics": metrics, "headline": f"avg {metrics['avg']:.2f}"}))
     if args.transfer_tasks != "none":
         options = {"mode": args.transfer_mode, "limit": args.limit, "device": device, "threads": args.threads or 1}
         for task in parse_transfer_tasks(args.transfer_tasks):
             metrics, seconds = timed(lambda t=task: TransferEvaluator([t], **options, **common).evaluate(encoder))
-            rows.append({"part": f"transfer/{task}", "seconds": seconds, "metrics": metrics,
-                         "headline": f"acc {metrics[task]:.2f}"})  # fmt: skip
+            rows.append(_done({"part": f"transfer/{task}", "seconds": seconds, "metrics": metrics,
+                         "headline": f"acc {metrics[task]:.2f}"}))  # fmt: skip
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     if "align_uniform" not in skip:
         metrics, seconds = timed(lambda: AlignmentUniformityEvaluator(**common).evaluate(encoder))
-        rows.append({"part": "align_uniform", "seconds": seconds, "metrics": metrics,
-                     "headline": f"align {metrics['align']:.4f}, uniform {metrics['uniform']:.4f}"})  # fmt: skip
+        rows.append(_done({"part": "align_uniform", "seconds": seconds, "metrics": metrics,
+                     "headline": f"align {metrics['align']:.4f}, uniform {metrics['uniform']:.4f}"}))  # fmt: skip
     if "rank" not in skip:
         metrics, seconds = timed(lambda: RepresentationEvaluator(**common).evaluate(encoder))
-        rows.append({"part": "rank", "seconds": seconds, "metrics": metrics,
-                     "headline": f"eff. rank {metrics['effective_rank']:.1f}, anisotropy {metrics['anisotropy']:.4f}"})  # fmt: skip
+        rows.append(_done({"part": "rank", "seconds": seconds, "metrics": metrics,
+                     "headline": f"eff. rank {metrics['effective_rank']:.1f}, anisotropy {metrics['anisotropy']:.4f}"}))  # fmt: skip
     return rows
 
 

@@ -10,7 +10,8 @@ STS-B dev score, and training sentences per second. ``--baseline`` adds the untr
 pooler (from benchmarks/poolers.py) as the row to beat. Test sets are only scored, never used to choose.
 
 ``--json`` is rewritten after every run, and runs already in it (same recipe, seed and overrides) are
-not trained again: an interrupted ladder continues where it stopped. Runs of recipes not named this
+not trained again: an interrupted ladder continues where it stopped, a killed run from its last
+checkpoint (its sent/s then covers the resumed part only, and is left out if nothing was left to train). Runs of recipes not named this
 time stay in the file. ``--include`` adds the rows of earlier ladders (e.g. a SimCSE baseline trained
 with the same budget, or a recipe trained with other ``--set`` options, labelled:
 ``--include "best pair=consert-best.json"``) to the table.
@@ -65,8 +66,9 @@ def main() -> None:
             output = Path(args.runs_dir) / f"{name}-seed{seed}"
             config = TrainConfig.from_yaml(recipe, [*args.overrides, f"seed={seed}", f"output_dir={output}"])
             start = time.perf_counter()
+            resume = (output / "checkpoint" / "state.json").is_file()  # a killed ladder: go on from there
             try:
-                result = train(config)
+                result = train(config, resume=resume)
             except Exception:  # one broken recipe must not cost the other runs of a long ladder
                 traceback.print_exc()
                 print(f"{name} seed {seed}: FAILED (not recorded; fix and rerun to resume)", flush=True)
@@ -78,7 +80,7 @@ def main() -> None:
             record = {"model": str(output / "best"), "mode": "test", "metrics": metrics}
             (output / "eval.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
             run = {"seed": seed, "best_dev": result.best_metric, "best_step": result.best_step, "steps": result.steps,
-                   "examples_per_s": result.examples_per_second, "minutes": minutes,
+                   "examples_per_s": result.examples_per_second or None, "minutes": minutes,
                    "sts": {task: metrics[task] for task in (*TASKS, "avg")}}  # fmt: skip
             rows.setdefault(name, []).append(run)
             print(f"{name} seed {seed}: STS avg {metrics['avg']:.2f}, dev {result.best_metric:.2f} "
@@ -98,7 +100,8 @@ def main() -> None:
         averages = [r["sts"]["avg"] for r in runs]
         spread = statistics.stdev(averages) if len(averages) > 1 else 0.0
         dev = statistics.mean(r["best_dev"] for r in runs)
-        speed = statistics.median(r["examples_per_s"] for r in runs)
+        speeds = [r["examples_per_s"] for r in runs if r["examples_per_s"]]  # None: resumed after its last step
+        speed = statistics.median(speeds) if speeds else float("nan")
         print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means)
               + f" | {statistics.mean(averages):.2f} ± {spread:.2f} | {dev:.2f} | {speed:.1f} |")  # fmt: skip
     if args.json:
