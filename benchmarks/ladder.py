@@ -11,8 +11,8 @@ pooler (from benchmarks/poolers.py) as the row to beat. Test sets are only score
 
 ``--json`` is rewritten after every run, and runs already in it (same recipe, seed and overrides) are
 not trained again: an interrupted ladder continues where it stopped, a killed run from its last
-checkpoint (its sent/s then covers the resumed part only, and is left out if nothing was left to train). Runs of recipes not named this
-time stay in the file. ``--include`` adds the rows of earlier ladders (e.g. a SimCSE baseline trained
+checkpoint (its sent/s then covers the resumed part only, and is left out if nothing was left to
+train). Runs of recipes not named this time stay in the file. ``--include`` adds the rows of earlier ladders (e.g. a SimCSE baseline trained
 with the same budget, or a recipe trained with other ``--set`` options, labelled:
 ``--include "best pair=consert-best.json"``) to the table.
 """
