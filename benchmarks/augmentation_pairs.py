@@ -8,8 +8,8 @@ of views (one augmentation each); by default every unordered pair, the same augm
 included, of the five augmentations the paper compares for unsupervised training (Sec. 5, its heatmap:
 none, token shuffle, token cutoff, feature cutoff, dropout; the adversarial attack needs supervision
 there): 15 runs. For CLEAR it is the composition applied to both views; by default each of the four
-augmentations alone and the five two-augmentation combinations CLEAR reports (substitution or a
-deletion first, reordering last): 9 runs. ``--pairs`` picks candidates. Each run trains ``--steps`` steps with one seed
+augmentations alone and five two-augmentation combinations (substitution or a deletion first,
+reordering last; deletion twice and substitution after deletion left out): 9 runs. ``--pairs`` picks candidates. Each run trains ``--steps`` steps with one seed
 (not one of the ladder's) and reports its best STS-B dev Spearman x100 (evaluated every
 ``--eval-steps`` and at the end): the candidate to compare on the ladder is the best one here, chosen
 without looking at any test set.

@@ -261,6 +261,10 @@ def stratified_folds(labels: np.ndarray, k: int, *, seed: int) -> list[tuple[np.
 
 
 # ------------------------------------------------------------------------------------ classifier
+def batches_per_pass(examples: int, batch_size: int) -> int:
+    return -(-examples // batch_size)  # the last batch may be short
+
+
 class LinearProbes:
     """Logistic regressions trained as SentEval's ``PyTorchClassifier`` trains its ``MLP(nhid=0)``: one per
     (training set, L2 penalty).
@@ -316,10 +320,9 @@ class LinearProbes:
         each. Returns the best validation accuracies, (sets, L2s)."""
         if len(data) != self.sets:
             raise ValueError(f"{len(data)} training sets given to probes built for {self.sets}")
-        xs = [torch.as_tensor(x, dtype=torch.float32, device=self.device) for x, *_ in data]
-        ys = [torch.as_tensor(y, dtype=torch.int64, device=self.device) for _, y, *_ in data]
-        validation = [self._tensors(x, y) for *_, x, y in data]
-        if len({-(-len(x) // self.config.batch_size) for x in xs}) != 1:
+        xs, ys = zip(*(self._tensors(x, y) for x, y, _, _ in data))
+        validation = [self._tensors(x, y) for _, _, x, y in data]
+        if len({batches_per_pass(len(x), self.config.batch_size) for x in xs}) != 1:
             raise ValueError("training sets trained together must take the same number of batches a pass")
         best = np.full((self.sets, self.count), -1.0)
         strikes = np.zeros((self.sets, self.count), dtype=np.int64)
@@ -346,7 +349,7 @@ class LinearProbes:
             self.bias.copy_(best_bias)
         return best.tolist()
 
-    def _one_pass(self, xs: list[torch.Tensor], ys: list[torch.Tensor]) -> None:
+    def _one_pass(self, xs: Sequence[torch.Tensor], ys: Sequence[torch.Tensor]) -> None:
         orders = [torch.from_numpy(rng.permutation(len(x))).to(self.device) for rng, x in zip(self.rngs, xs)]
         for start in range(0, len(xs[0]), self.config.batch_size):
             batches = [order[start : start + self.config.batch_size] for order in orders]
@@ -461,7 +464,7 @@ def _kfold_l2(make: ProbeFactory, x: np.ndarray, y: np.ndarray, folds) -> tuple[
     # its own test fold (its early-stopping set) is its best validation accuracy.
     groups: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
     for train, test in folds:
-        groups.setdefault(-(-len(train) // make.config.batch_size), []).append((train, test))
+        groups.setdefault(batches_per_pass(len(train), make.config.batch_size), []).append((train, test))
     fold_scores = []  # (folds, L2s)
     for group in groups.values():
         probes = make(L2_GRID, sets=len(group))
