@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, BertConfig, BertModel
+from tokenizers import AddedToken, ByteLevelBPETokenizer
+from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel, RobertaTokenizer
 
 from csekit.models import SentenceEncoder
 
@@ -43,6 +44,32 @@ def make_tiny_encoder(pooler: str = "cls", *, seed: int = 0, **config_overrides)
     backbone = BertModel(tiny_config(**config_overrides), add_pooling_layer=False)
     tokenizer = AutoTokenizer.from_pretrained(BERT_MINI)
     return SentenceEncoder(backbone, tokenizer, pooler=pooler, max_length=64)
+
+
+def tiny_roberta(folder: Path, sentences: list[str]) -> SentenceEncoder:
+    """A random RoBERTa with a byte-level BPE vocabulary trained on ``sentences`` (a tokenizer unlike BERT's);
+    ``<mask>`` strips the space before it, as roberta-base's does."""
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(sentences * 3, vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+    bpe.save_model(str(folder))
+    tokenizer = RobertaTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
+                                 mask_token=AddedToken("<mask>", lstrip=True, normalized=False))  # fmt: skip
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    return SentenceEncoder(RobertaModel(config, add_pooling_layer=False), tokenizer, pooler="cls", max_length=64)
+
+
+#: Settings a registered pooler needs on the tiny 3-layer, 2-head encoders (the others take their defaults).
+TINY_POOLER_SETTINGS: dict[str, dict] = {"layer_mean": {"layers": [0, 2]}, "ditto": {"layer": 1, "head": 1}}
+
+
+def make_tiny_encoder_with(pooler: str, **config_overrides) -> SentenceEncoder:
+    """A tiny 3-layer encoder pooled by any registered pooler, with the settings it needs."""
+    from csekit.models.pooling import build_pooler
+
+    encoder = make_tiny_encoder("mean", num_hidden_layers=3, **config_overrides)
+    return encoder.set_pooler(build_pooler(pooler, config=encoder.backbone.config, tokenizer=encoder.tokenizer,
+                                           settings=TINY_POOLER_SETTINGS.get(pooler)))  # fmt: skip
 
 
 @pytest.fixture

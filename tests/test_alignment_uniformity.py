@@ -92,7 +92,7 @@ def test_evaluator_uses_stsb_dev_pairs_above_four_and_distinct_sentences(data_di
     assert metrics["uniform"] == pytest.approx(uniformity(table), rel=1e-12)
     assert metrics["align/pairs"] == len(evaluator.positive_pairs)
     assert metrics["uniform/sentences"] == len(evaluator.sentences)
-    assert evaluator.primary_metric == "uniform" and evaluator.higher_is_better is False
+    assert evaluator.primary_metric == "uniform" and evaluator.greater_is_better is False
     # Random directions in 8-D: alignment near 2 (orthogonal on average), uniformity well below 0.
     assert 1.5 < metrics["align"] < 2.5 and metrics["uniform"] < -2
 

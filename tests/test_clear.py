@@ -10,9 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BERT_MINI, make_tiny_encoder
-from tokenizers import AddedToken, ByteLevelBPETokenizer
-from transformers import RobertaConfig, RobertaModel, RobertaTokenizer
+from conftest import BERT_MINI, make_tiny_encoder, tiny_roberta
 
 from csekit.augment.text import (
     SentenceAugmenter,
@@ -24,9 +22,9 @@ from csekit.augment.text import (
 from csekit.augment.wordnet import WordNet
 from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError
+from csekit.losses import nt_xent
 from csekit.models import SentenceEncoder
-from csekit.objectives import build_objective
-from csekit.objectives.clear import nt_xent
+from csekit.objectives import RunContext, build_objective
 from csekit.training.config import TrainConfig
 from csekit.training.trainer import build_model
 
@@ -245,16 +243,7 @@ def tokens(encoder, texts):
 
 
 def tiny_roberta_encoder(folder: Path) -> SentenceEncoder:
-    """A random RoBERTa with a byte-level BPE vocabulary trained on the test sentences; ``<mask>``
-    strips the space before it, as roberta-base's does."""
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(SENTENCES * 3, vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
-    bpe.save_model(str(folder))
-    tokenizer = RobertaTokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"),
-                                 mask_token=AddedToken("<mask>", lstrip=True, normalized=False))  # fmt: skip
-    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=80, pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    return SentenceEncoder(RobertaModel(config, add_pooling_layer=False), tokenizer, pooler="cls", max_length=64)
+    return tiny_roberta(folder, SENTENCES)
 
 
 @pytest.fixture(params=["bert", "roberta"])
@@ -266,17 +255,17 @@ def test_views_without_change_give_back_the_token_ids(encoder):
     """Decoding and tokenizing again is lossless, so the views differ from the input only by the augmentation."""
     objective = build_objective("clear", encoder, options={"augmentations": ["reordering"], "reorder_ratio": 0.0})
     batch = tokens(encoder, SENTENCES)
-    views = objective.views(encoder, batch)
+    views = objective.augmented_views(encoder, batch)
     assert torch.equal(views["input_ids"], torch.cat([batch["input_ids"], batch["input_ids"]]))
     assert torch.equal(views["attention_mask"], torch.cat([batch["attention_mask"], batch["attention_mask"]]))
 
 
 def test_deletion_views_hold_the_mask_token_and_the_tokenizer_own_special_tokens(encoder):
-    objective = build_objective("clear", encoder, max_length=8,
+    objective = build_objective("clear", encoder, context=RunContext(max_length=8),
                                 options={"augmentations": ["word_deletion"], "deletion_ratio": 0.5})  # fmt: skip
     tokenizer = encoder.tokenizer
     torch.manual_seed(0)
-    views = objective.views(encoder, tokens(encoder, SENTENCES))
+    views = objective.augmented_views(encoder, tokens(encoder, SENTENCES))
     lengths = views["attention_mask"].sum(dim=1)
     assert views["input_ids"].shape[0] == 2 * len(SENTENCES) and lengths.max() <= 8
     for row, length in zip(views["input_ids"].tolist(), lengths.tolist()):
@@ -290,10 +279,10 @@ def test_views_are_seeded_by_the_global_generator_and_differ_between_the_two_vie
     objective = build_objective("clear", tiny_encoder, options={"augmentations": ["span_deletion"]})
     batch = tokens(tiny_encoder, SENTENCES)
     torch.manual_seed(5)
-    first = objective.views(tiny_encoder, batch)
+    first = objective.augmented_views(tiny_encoder, batch)
     torch.manual_seed(5)
-    assert torch.equal(objective.views(tiny_encoder, batch)["input_ids"], first["input_ids"])
-    assert not torch.equal(objective.views(tiny_encoder, batch)["input_ids"], first["input_ids"])
+    assert torch.equal(objective.augmented_views(tiny_encoder, batch)["input_ids"], first["input_ids"])
+    assert not torch.equal(objective.augmented_views(tiny_encoder, batch)["input_ids"], first["input_ids"])
     size = len(SENTENCES)
     assert not torch.equal(first["input_ids"][:size], first["input_ids"][size:])
 
@@ -301,7 +290,7 @@ def test_views_are_seeded_by_the_global_generator_and_differ_between_the_two_vie
 def test_substitution_through_the_objective_uses_wordnet_dir(tiny_encoder, wordnet_dir, tmp_path):
     options = {"augmentations": ["substitution"], "substitution_ratio": 1.0, "wordnet_dir": str(wordnet_dir)}
     objective = build_objective("clear", tiny_encoder, options=options)
-    views = objective.views(tiny_encoder, tokens(tiny_encoder, ["the dog and the car", "a guitar"]))
+    views = objective.augmented_views(tiny_encoder, tokens(tiny_encoder, ["the dog and the car", "a guitar"]))
     texts = tiny_encoder.tokenizer.batch_decode(views["input_ids"], skip_special_tokens=True)
     assert texts[1] == texts[3] == "a guitar"  # no synonym: left as it is
     for text in (texts[0], texts[2]):
@@ -328,7 +317,7 @@ def naive_nt_xent(first, second, temperature):
 @pytest.mark.parametrize("temperature", [0.05, 0.5])
 def test_loss_matches_the_naive_reference(temperature):
     encoder = make_tiny_encoder(hidden_dropout_prob=0.1).train()
-    objective = build_objective("clear", encoder, temperature=temperature, options={"augmentations": ["reordering"]})
+    objective = build_objective("clear", encoder, options={"temperature": temperature, "augmentations": ["reordering"]})
     torch.manual_seed(3)
     embeddings = objective.embed(encoder, {"sent0": tokens(encoder, SENTENCES)})
     loss = objective.loss(embeddings, {})["contrastive"]
@@ -337,12 +326,12 @@ def test_loss_matches_the_naive_reference(temperature):
     generator = torch.Generator().manual_seed(0)
     first, second = torch.randn(5, 8, generator=generator), torch.randn(5, 8, generator=generator)
     expected = naive_nt_xent(first, second, temperature)  # random vectors: a large loss, so a relative tolerance
-    assert nt_xent(first, second, temperature).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert nt_xent(first, second, temperature, reduction="mean").item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_mlm_term_joins_the_contrastive_term():
-    """CLEAR's L = L_MLM + L_CL, with the masked LM of the checkpoint (tied to the encoder's embeddings)."""
-    config = TrainConfig(model=str(BERT_MINI), objective="clear", mlm_weight=1.0, mlp_only_train=True,
+    """CLEAR's L = L_MLM + L_CL, with its own copy of the checkpoint's MLM head (the mlm wrapper)."""
+    config = TrainConfig(model=str(BERT_MINI), objective="clear", wrappers={"mlm": {"weight": 1.0}}, mlp_only_train=True,
                          options={"augmentations": ["span_deletion"]})  # fmt: skip
     encoder, objective = build_model(config)
     torch.manual_seed(0)

@@ -35,9 +35,9 @@ def test_eval_prints_table_and_writes_json(tiny_model, data_dir, tmp_path, capsy
     assert lines[-1].split()[0] == "avg"
 
     record = json.loads(out.read_text(encoding="utf-8"))
-    assert {"model", "pooler", "mode", "seconds", "metrics"} <= set(record)
-    assert record["model"] == tiny_model and record["pooler"] == "mean" and record["mode"] == "test"
-    metrics = record["metrics"]
+    assert {"schema", "model", "pooler", "settings", "seconds", "results"} <= set(record)
+    assert record["model"] == tiny_model and record["pooler"] == "mean" and record["settings"]["mode"] == "test"
+    metrics = record["results"]["sts"]
     assert {
         "sts13",
         "sts13/pearson",
@@ -61,7 +61,7 @@ def test_eval_dev_mode_runs_stsb_and_sickr(tiny_model, data_dir, tmp_path, capsy
     assert "mode dev" in printed
     rows = [line.split()[0] for line in printed.splitlines()[3:]]
     assert rows == ["STS-B", "SICK-R", "avg"]
-    metrics = json.loads(out.read_text(encoding="utf-8"))["metrics"]
+    metrics = json.loads(out.read_text(encoding="utf-8"))["results"]["sts"]
     assert metrics["stsb/pairs"] == 1500 and metrics["sickr/pairs"] == 500  # dev and trial, not test
 
 
@@ -105,12 +105,13 @@ def one_thread():
 
 
 def test_split_tasks_groups_names_by_family():
-    from csekit.cli.eval import split_tasks
+    from csekit.evaluation import EvaluationSettings, split_tasks
 
-    assert split_tasks("rank,mr,sts13,transfer,align_uniform") == {
-        "sts": ["sts13"], "transfer": ["mr", "transfer"], "align_uniform": ["align_uniform"], "rank": ["rank"],
+    assert split_tasks("rank,mr,sts13,transfer,align_uniform", EvaluationSettings()) == {
+        "sts": ["sts13"], "transfer": ["mr", "cr", "subj", "mpqa", "sst2", "trec", "mrpc"],
+        "align_uniform": ["align_uniform"], "rank": ["rank"],
     }  # fmt: skip
-    assert split_tasks("sts,trec", mode="dev") == {"sts": ["stsb", "sickr"], "transfer": ["trec"]}
+    assert split_tasks("sts,trec", EvaluationSettings(mode="dev")) == {"sts": ["stsb", "sickr"], "transfer": ["trec"]}
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -121,20 +122,21 @@ def test_eval_align_uniform_and_rank_tables(tiny_model, data_dir, tmp_path, caps
     tables = capsys.readouterr().out.split("\n\n")
     assert len(tables) == 2  # one per family, in the fixed family order
     assert tables[0].splitlines()[2].split()[0] == "align" and tables[1].splitlines()[-1].split()[0] == "anisotropy"
-    metrics = json.loads(out.read_text(encoding="utf-8"))["metrics"]
+    results = json.loads(out.read_text(encoding="utf-8"))["results"]
+    metrics = {**results["align_uniform"], **results["rank"]}
     assert {"align", "uniform", "effective_rank", "rank", "anisotropy"} <= set(metrics)
     assert metrics["align"] >= 0 and metrics["uniform"] <= 0 and 1 <= metrics["effective_rank"] <= 32
 
 
 @pytest.mark.usefixtures("one_thread")
 def test_eval_mixes_sts_and_a_subsampled_transfer_task(tiny_model, data_dir, tmp_path, capsys, monkeypatch):
-    import functools
+    import dataclasses
 
     import csekit.cli.eval as eval_command
-    from csekit.evaluation.transfer import TransferEvaluator
 
     # The full TREC protocol is minutes of CPU; 80 examples a split exercise the same path in a second.
-    monkeypatch.setattr(eval_command, "TransferEvaluator", functools.partial(TransferEvaluator, limit=80))
+    settings_of = eval_command.settings_of
+    monkeypatch.setattr(eval_command, "settings_of", lambda args: dataclasses.replace(settings_of(args), limit=80))
     out = tmp_path / "mixed.json"
     assert main(["eval", tiny_model, "--tasks", "sickr,trec", "--mode", "dev", "--transfer-mode", "fasttest",
                  "--data-dir", str(data_dir), "--json", str(out)]) == 0  # fmt: skip
@@ -144,10 +146,10 @@ def test_eval_mixes_sts_and_a_subsampled_transfer_task(tiny_model, data_dir, tmp
     assert [line.split()[0] for line in sts_table.splitlines()[3:]] == ["SICK-R", "avg"]
     assert [line.split()[0] for line in transfer_table.splitlines()[2:]] == ["TREC", "avg"]
     record = json.loads(out.read_text(encoding="utf-8"))
-    metrics = record["metrics"]
-    assert record["transfer_mode"] == "fasttest"
-    assert metrics["avg"] == metrics["sickr"] and metrics["transfer/avg"] == metrics["trec"]
-    assert {"trec/dev"} <= set(metrics) and 0 <= metrics["trec"] <= 100
+    sts, transfer = record["results"]["sts"], record["results"]["transfer"]
+    assert record["settings"]["transfer_mode"] == "fasttest"
+    assert sts["avg"] == sts["sickr"] and transfer["avg"] == transfer["trec"]
+    assert {"trec/dev"} <= set(transfer) and 0 <= transfer["trec"] <= 100
 
 
 def test_unknown_task_error_names_the_families(tiny_model, data_dir, capsys):

@@ -195,7 +195,7 @@ def naive_nt_xent(view1, view2, temperature):
 def test_nt_xent_matches_a_naive_loop_in_value_and_gradient(temperature):
     torch.manual_seed(0)
     view1, view2 = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
-    loss = nt_xent(view1, view2, temperature)
+    loss = nt_xent(view1, view2, temperature, reduction="sum_of_directions")
     expected = naive_nt_xent(view1, view2, temperature)
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)
     grads = torch.autograd.grad(loss, [view1, view2])
@@ -212,7 +212,7 @@ def test_nt_xent_equals_the_reference_formula_with_its_large_number_mask():
     eye, labels = torch.eye(5), torch.arange(5)
     loss_a = torch.nn.functional.cross_entropy(torch.cat([a @ b.T, a @ a.T - eye * 1e9 * 0.1], 1) / 0.1, labels)
     loss_b = torch.nn.functional.cross_entropy(torch.cat([b @ a.T, b @ b.T - eye * 1e9 * 0.1], 1) / 0.1, labels)
-    assert nt_xent(view1, view2, 0.1).item() == pytest.approx((loss_a + loss_b).item(), abs=1e-5)
+    assert nt_xent(view1, view2, 0.1, reduction="sum_of_directions").item() == pytest.approx((loss_a + loss_b).item(), abs=1e-5)
 
 
 def test_nt_xent_over_two_ranks_averages_to_the_single_process_loss(monkeypatch):
@@ -220,13 +220,10 @@ def test_nt_xent_over_two_ranks_averages_to_the_single_process_loss(monkeypatch)
     view1, view2, size, world = torch.randn(8, 6), torch.randn(8, 6), 4, 2
     rank = {"now": 0}
 
-    def fake_gather(local):  # the other rank's [other view; own view] block, in rank order
-        r = rank["now"]
-        own_first = view2 if torch.equal(local[:size], view2[r * size : (r + 1) * size]) else view1
-        other = view1 if own_first is view2 else view2
-        blocks = [torch.cat([own_first[k * size : (k + 1) * size], other[k * size : (k + 1) * size]])
+    def fake_gather(local):  # every rank's candidate block [view 2; view 1], in rank order
+        blocks = [torch.cat([view2[k * size : (k + 1) * size], view1[k * size : (k + 1) * size]])
                   for k in range(world)]  # fmt: skip
-        blocks[r] = local
+        blocks[rank["now"]] = local
         return torch.cat(blocks)
 
     monkeypatch.setattr(csekit.losses, "get_world_size", lambda: world)
@@ -235,15 +232,17 @@ def test_nt_xent_over_two_ranks_averages_to_the_single_process_loss(monkeypatch)
     per_rank = []
     for r in range(world):
         rank["now"] = r
-        per_rank.append(nt_xent(view1[r * size : (r + 1) * size], view2[r * size : (r + 1) * size], 0.1))
+        per_rank.append(nt_xent(view1[r * size : (r + 1) * size], view2[r * size : (r + 1) * size], 0.1,
+                                reduction="sum_of_directions"))  # fmt: skip
     monkeypatch.setattr(csekit.losses, "get_world_size", lambda: 1)
-    assert (sum(per_rank) / world).item() == pytest.approx(nt_xent(view1, view2, 0.1).item(), abs=1e-5)
+    single = nt_xent(view1, view2, 0.1, reduction="sum_of_directions")
+    assert (sum(per_rank) / world).item() == pytest.approx(single.item(), abs=1e-5)
 
 
 # ----------------------------------------------------------------------------------- the objective
 def test_objective_loss_is_the_weighted_nt_xent_of_its_two_views():
     encoder = quiet_encoder()
-    objective = build_objective("consert", encoder, temperature=0.1)
+    objective = build_objective("consert", encoder, options={"temperature": 0.1})
     assert objective.augmentations == ("feature_cutoff", "token_shuffle") and objective.supports_grad_cache
     embeddings = objective.embed(encoder, {"sent0": tokens(encoder)})
     loss = objective.loss(embeddings, {})["contrastive"]
@@ -254,7 +253,7 @@ def test_objective_loss_is_the_weighted_nt_xent_of_its_two_views():
 @pytest.mark.parametrize("pair", list(itertools.combinations_with_replacement(EMBEDDING_AUGMENTATIONS, 2)))
 def test_any_two_augmentations_compose_and_train_the_encoder(pair):
     encoder = make_tiny_encoder("mean").train()
-    objective = build_objective("consert", encoder, options={"augmentations": list(pair)}, temperature=0.1)
+    objective = build_objective("consert", encoder, options={"augmentations": list(pair), "temperature": 0.1})
     terms = objective(encoder, {"sent0": tokens(encoder)})
     assert torch.isfinite(terms["contrastive"])
     terms["contrastive"].backward()
@@ -270,7 +269,7 @@ def test_adversarial_view_equals_a_manual_fast_gradient_value_step(partner):
     batch = tokens(encoder)
     mask = batch["attention_mask"]
     objective = build_objective("consert", encoder, options={"augmentations": [partner, "adversarial"],
-                                                             "noise_norm": 0.5}, temperature=0.1)  # fmt: skip
+                                                             "noise_norm": 0.5, "temperature": 0.1})  # fmt: skip
     torch.manual_seed(7)
     views = objective.embed(encoder, {"sent0": batch})
     assert all(p.grad is None for p in encoder.parameters())  # the attack's gradient never reaches the weights
@@ -283,7 +282,8 @@ def test_adversarial_view_equals_a_manual_fast_gradient_value_step(partner):
         other = encoder(**batch)
     with embedding_augmentation(encoder, "adversarial", mask, replacement=leaf):
         clean = encoder(**batch)
-    (gradient,) = torch.autograd.grad(nt_xent(other.detach(), clean, 0.1, gather=False), leaf)
+    attack = nt_xent(other.detach(), clean, 0.1, reduction="sum_of_directions", gather=False)
+    (gradient,) = torch.autograd.grad(attack, leaf)
     noise = 0.5 * gradient / (gradient.norm(dim=-1, keepdim=True) + 1e-10)
     with torch.no_grad(), embedding_augmentation(encoder, "adversarial", mask, replacement=leaf + noise):
         expected = encoder(**batch)

@@ -113,11 +113,12 @@ def test_gcse_weights_match_the_reference_rule(vectors):
 
 def test_gcse_loss_matches_naive_and_equals_simcse_when_no_negative_decays():
     encoder = make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).eval()
-    objective = build_objective("gcse", encoder, temperature=0.05, options={"alpha": 0.17})
+    objective = build_objective("gcse", encoder, options={"temperature": 0.05, "alpha": 0.17, "base_head": "copy"})
     batch = {"sent0": tokens(encoder, SENTENCES), "sent1": tokens(encoder, SENTENCES[::-1]),
              "hard_neg": tokens(encoder, SENTENCES[2:] + SENTENCES[:2])}  # fmt: skip
     embeddings = objective.embed(encoder, batch)
-    # The base is a frozen copy of the starting model: untrained, it scores exactly as the model does.
+    # With the starting head copied, the base is a frozen copy of the starting model: untrained, it scores
+    # exactly as the model does.
     torch.testing.assert_close(embeddings["base_sent0"], embeddings["sent0"])
     anchors, positives, negatives = embeddings["sent0"], embeddings["sent1"], embeddings["hard_neg"]
     added = naive_gcse_added(anchors, negatives, embeddings["base_sent0"], embeddings["base_hard_neg"], 0.05, 0.17)
@@ -169,7 +170,7 @@ def test_dclr_noise_ascent_matches_manual_autograd_and_raises_the_loss(vectors):
 
 def test_dclr_loss_matches_naive_and_equals_simcse_without_mask_or_noise():
     encoder = make_tiny_encoder(hidden_dropout_prob=0.1).train()
-    objective = build_objective("dclr", encoder, temperature=0.05, options={"phi": 0.3, "noise_times": 0.5})
+    objective = build_objective("dclr", encoder, options={"temperature": 0.05, "phi": 0.3, "noise_times": 0.5})
     batch = {"sent0": tokens(encoder, SENTENCES)}
     torch.manual_seed(3)
     embeddings = objective.embed(encoder, batch)
@@ -189,7 +190,8 @@ def test_dclr_loss_matches_naive_and_equals_simcse_without_mask_or_noise():
 def test_frozen_helper_stays_in_eval_mode_without_gradients():
     encoder = make_tiny_encoder(hidden_dropout_prob=0.1)
     objective = build_objective("dclr", encoder).train()
-    helper = objective.complementary
+    assert not objective.complementary.training
+    helper = objective.complementary.module
     assert not helper.training and not any(p.requires_grad for p in helper.parameters())
     assert helper.head is not None and helper.head_at_inference  # the training forward, minus dropout
     assert helper.backbone is not encoder.backbone
@@ -280,3 +282,19 @@ def test_debcse_loss_is_weighted_info_nce_and_plain_when_weights_are_ones():
     single_bin = build_objective("debcse", encoder, options={"num_bins": 1, "phi": 1.5})
     plain = info_nce(embeddings["anchors"], embeddings["positives"], 0.05)
     assert single_bin.loss(embeddings, batch)["contrastive"].item() == pytest.approx(plain.item(), abs=1e-6)
+
+
+def test_gcse_base_model_gets_a_head_initialisation_of_its_own_as_in_the_reference():
+    """The reference builds the base as a second model, whose MLP head is initialised afresh: here the
+    copy keeps the starting backbone and draws its head's weights anew (N(0, 0.02), bias 0)."""
+    encoder = make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    state = torch.get_rng_state()
+    objective = build_objective("gcse", encoder)
+    base = objective.base.module
+    torch.set_rng_state(state)
+    expected = torch.empty_like(encoder.head.dense.weight).normal_(0.0, 0.02)
+    torch.testing.assert_close(base.head.dense.weight, expected, rtol=0, atol=0)
+    assert not base.head.dense.bias.any()
+    assert not torch.equal(base.head.dense.weight, encoder.head.dense.weight)
+    pairs = zip(base.backbone.parameters(), encoder.backbone.parameters(), strict=True)
+    assert all(torch.equal(ours, theirs) for ours, theirs in pairs)

@@ -19,7 +19,7 @@ import csekit.objectives.diffcse as diffcse_module
 from csekit import losses
 from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError
-from csekit.objectives import build_objective
+from csekit.objectives import RunContext, build_objective
 from csekit.objectives.diffcse import BatchNormProjector, DiffCSE, batch_norm_across_ranks, replaced_labels
 
 SENTENCES = ["a man plays the guitar .", "two dogs run in a field .", "the stock market fell sharply today .",
@@ -56,7 +56,7 @@ def build(generator: str, *, batchnorm: bool = False, seed: int = 0) -> tuple:
     encoder = make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, seed=seed)
     encoder.head_at_inference = False
     torch.manual_seed(seed)
-    objective = DiffCSE(encoder, generator=generator, batchnorm=batchnorm, lambda_weight=0.5)
+    objective = DiffCSE(encoder, RunContext(), generator=generator, batchnorm=batchnorm, lambda_weight=0.5)
     objective.mask = fixed_mask
     return encoder.train(), objective.train()
 
@@ -178,7 +178,7 @@ def test_the_sentence_embedding_conditions_the_discriminator_and_trains_the_enco
 
 def test_masking_is_seeded_keeps_special_tokens_and_masks_about_the_ratio(generator):
     encoder = make_tiny_encoder()
-    objective = DiffCSE(encoder, generator=generator, masking_ratio=0.3)
+    objective = DiffCSE(encoder, RunContext(), generator=generator, masking_ratio=0.3)
     batch = tokens(encoder, SENTENCES * 32)
     draws = []
     for _ in range(2):
@@ -224,19 +224,19 @@ def test_bad_options_are_clear_errors(generator, tmp_path):
     with pytest.raises(CsekitError, match="options.generator"):
         build_objective("diffcse", encoder)
     with pytest.raises(CsekitError, match="mlp_only_train"):
-        DiffCSE(encoder, generator=generator, batchnorm=True)
+        DiffCSE(encoder, RunContext(), generator=generator, batchnorm=True)
     with pytest.raises(CsekitError, match="pooler: cls"):
-        DiffCSE(make_tiny_encoder("mean"), generator=generator, batchnorm=True)
+        DiffCSE(make_tiny_encoder("mean"), RunContext(), generator=generator, batchnorm=True)
     BertModel(tiny_config()).save_pretrained(tmp_path / "no-head")
     with pytest.raises(CsekitError, match="no pretrained masked-LM head.*options.generator"):
-        build_objective("diffcse", encoder, model=str(tmp_path / "no-head"))
+        build_objective("diffcse", encoder, context=RunContext(model=str(tmp_path / "no-head")))
     BertForMaskedLM(tiny_config(vocab_size=1000)).save_pretrained(tmp_path / "small-vocab")
     with pytest.raises(CsekitError, match="vocabulary"):
-        DiffCSE(encoder, generator=str(tmp_path / "small-vocab"))
+        DiffCSE(encoder, RunContext(), generator=str(tmp_path / "small-vocab"))
     with pytest.raises(CsekitError, match="masking_ratio"):
-        DiffCSE(encoder, generator=generator, masking_ratio=0.0)
+        DiffCSE(encoder, RunContext(), generator=generator, masking_ratio=0.0)
     # without options.generator the recipe's model is the generator
-    assert isinstance(build_objective("diffcse", encoder, model=generator).generator, BertForMaskedLM)
+    assert isinstance(build_objective("diffcse", encoder, context=RunContext(model=generator)).generator.module, BertForMaskedLM)
 
 
 # ------------------------------------------------------------------- two ranks == one process

@@ -113,10 +113,11 @@ def _cls_state(encoder, texts: list[str]) -> torch.Tensor:
 
 
 def test_a_head_with_a_non_cls_pooler_is_refused():
+    from csekit import CsekitError
     from csekit.models import MLPHead, SentenceEncoder
 
     encoder = make_tiny_encoder("mean")
-    with pytest.raises(ValueError, match="cls"):
+    with pytest.raises(CsekitError, match="cls"):
         SentenceEncoder(
             encoder.backbone, encoder.tokenizer, pooler="mean", head=MLPHead(encoder.embedding_dim)
         )

@@ -14,7 +14,7 @@ from csekit.augment.repetition import repeat_tokens
 from csekit.cli.main import main
 from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError
-from csekit.objectives import build_objective
+from csekit.objectives import RunContext, build_objective
 from csekit.training.grad_cache import grad_cache_step, split_batch
 from csekit.training.trainer import _unique_trainable
 
@@ -119,14 +119,15 @@ def naive_loss_with_queue(anchors, positives, queue, temperature):
 
 def test_loss_with_a_queue_matches_naive_reference():
     encoder = make_tiny_encoder(hidden_dropout_prob=0.1).train()
-    objective = build_objective("esimcse", encoder, temperature=0.05, batch_size=4).train()
+    objective = build_objective("esimcse", encoder, options={"temperature": 0.05}, context=RunContext(batch_size=4)).train()
     objective.enqueue(torch.randn(7, encoder.embedding_dim))
     torch.manual_seed(0)
     embeddings = objective.embed(encoder, {"sent0": tokens(encoder, SENTENCES)})
     loss = objective.loss(embeddings, {})["contrastive"]
     expected = naive_loss_with_queue(embeddings["anchors"], embeddings["positives"], objective.queue[:7], 0.05)
     assert loss.item() == pytest.approx(expected.item(), abs=1e-5)  # float32 logits scaled by 1 / 0.05
-    assert int(objective.queue_length) == 7  # the loss stages its keys; only a step enqueues them
+    objective.after_micro_batch(embeddings)
+    assert int(objective.queue_length) == 7  # the micro-batch hook stages its keys; only a step enqueues them
 
 
 def test_keys_are_the_momentum_embedding_of_the_original_sentence_without_dropout():
@@ -161,20 +162,20 @@ def test_momentum_update_follows_the_formula_and_the_momentum_encoder_stays_froz
 
 def test_queue_is_fifo_of_the_staged_keys_and_bounded():
     encoder = make_tiny_encoder()
-    objective = build_objective("esimcse", encoder, batch_size=4).train()  # 2.5 x 4 = 10 rows
+    objective = build_objective("esimcse", encoder, context=RunContext(batch_size=4)).train()  # 2.5 x 4 = 10 rows
     width = encoder.embedding_dim
     anchors = torch.randn(4, width)
     keys_per_step = [torch.arange(4.0 * s, 4.0 * s + 4).unsqueeze(1).expand(4, width) for s in range(4)]
     lengths = []
     for keys in keys_per_step:
-        objective.loss({"anchors": anchors, "positives": anchors + 0.1, "keys": keys}, {})
+        objective.after_micro_batch({"anchors": anchors, "positives": anchors + 0.1, "keys": keys})
         objective.after_step(encoder)
         lengths.append(int(objective.queue_length))
     assert lengths == [4, 8, 10, 10]
     assert objective.queue[:, 0].tolist() == list(range(6, 16))  # the newest 10 keys, oldest first
     # Gradient accumulation: both micro-batches' keys enter at the step, in order.
     for keys in keys_per_step[:2]:
-        objective.loss({"anchors": anchors, "positives": anchors, "keys": keys + 100}, {})
+        objective.after_micro_batch({"anchors": anchors, "positives": anchors, "keys": keys + 100})
     assert objective.queue[:, 0].tolist() == list(range(6, 16))
     objective.after_step(encoder)
     assert objective.queue[:, 0].tolist() == [14, 15, *range(100, 108)]
@@ -182,7 +183,7 @@ def test_queue_is_fifo_of_the_staged_keys_and_bounded():
 
 def test_gradient_cache_with_a_full_queue_equals_the_plain_step_and_stages_keys_once():
     encoder = make_tiny_encoder(hidden_dropout_prob=0.1).train()
-    objective = build_objective("esimcse", encoder, batch_size=6).train()
+    objective = build_objective("esimcse", encoder, context=RunContext(batch_size=6)).train()
     objective.enqueue(torch.randn(15, encoder.embedding_dim))
     batch = {"sent0": tokens(encoder, SENTENCES)}
     params = [p for p in encoder.parameters() if p.requires_grad]
@@ -191,6 +192,7 @@ def test_gradient_cache_with_a_full_queue_equals_the_plain_step_and_stages_keys_
     joined = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
     plain = objective.loss(joined, batch)["contrastive"]
     plain.backward()
+    objective.after_micro_batch(joined)
     plain_grads = [p.grad.clone() for p in params]
     plain_keys = objective._staged.pop()
     encoder.zero_grad()

@@ -6,11 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from conftest import BERT_MINI, MINILM, make_tiny_encoder
+from conftest import BERT_MINI, MINILM, TINY_POOLER_SETTINGS, make_tiny_encoder, make_tiny_encoder_with
 from sentence_transformers import SentenceTransformer
 
 from csekit import POOLERS, CsekitError, SentenceEncoder, load_encoder
-from csekit.models.pooling import PROMPT_POOLERS
 
 TEXTS = [
     "a man is playing a guitar .",
@@ -26,7 +25,12 @@ def _module_kinds(folder) -> list[str]:
 
 
 def _saved_pooler(folder) -> str:
-    return json.loads((folder / "csekit_config.json").read_text(encoding="utf-8"))["pooler"]
+    return json.loads((folder / "csekit_config.json").read_text(encoding="utf-8"))["pooler"]["name"]
+
+
+def _stock(name: str) -> bool:
+    """Whether stock modules express the pooler with its defaults (tests/test_poolers_contract.py has them all)."""
+    return name not in TINY_POOLER_SETTINGS and make_tiny_encoder_with(name).pooler.stock_modules(32, 3) is not None
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -34,9 +38,9 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max())
 
 
-@pytest.mark.parametrize("pooler", [name for name in POOLERS if name not in PROMPT_POOLERS])
-def test_every_pooler_round_trips_through_sentence_transformers(tmp_path, pooler):
-    # The prompt poolers have no stock modules: tests/test_promptbert.py checks their folders.
+@pytest.mark.parametrize("pooler", [name for name in POOLERS if _stock(name)])
+def test_every_stock_pooler_round_trips_through_sentence_transformers(tmp_path, pooler):
+    # The prompt poolers and Ditto have no stock modules: tests/test_poolers_contract.py checks their folders.
     # Three layers, so first_last_avg and last2avg select different layers (see test_pooling).
     encoder = make_tiny_encoder(pooler, num_hidden_layers=3)
     expected = encoder.encode(TEXTS)
@@ -48,7 +52,7 @@ def test_every_pooler_round_trips_through_sentence_transformers(tmp_path, pooler
     assert _max_diff(by_st, expected) < 1e-5
 
     reloaded = load_encoder(folder)
-    assert reloaded.pooler == pooler
+    assert reloaded.pooler.name == pooler
     assert _max_diff(reloaded.encode(TEXTS), expected) < 1e-5
 
 
@@ -59,7 +63,7 @@ def test_real_bert_mini_with_mean_pooling_round_trips(tmp_path):
     by_st = SentenceTransformer(str(tmp_path / "mini"), device="cpu").encode(TEXTS)
     assert _max_diff(by_st, expected) < 1e-5
     reloaded = load_encoder(tmp_path / "mini")
-    assert reloaded.pooler == "mean"
+    assert reloaded.pooler.name == "mean"
     assert _max_diff(reloaded.encode(TEXTS), expected) < 1e-5
 
 
@@ -75,7 +79,7 @@ def test_train_only_head_is_saved_as_cls_before_pooler_without_dense(tmp_path):
     by_st = SentenceTransformer(str(tmp_path / "model"), device="cpu").encode(TEXTS)
     assert _max_diff(by_st, expected) < 1e-5
     reloaded = load_encoder(tmp_path / "model")
-    assert reloaded.pooler == "cls_before_pooler"
+    assert reloaded.pooler.name == "cls_before_pooler"
     assert reloaded.head is None
     assert _max_diff(reloaded.encode(TEXTS), expected) < 1e-5
 
@@ -112,7 +116,7 @@ def test_without_normalize_there_is_no_normalize_module(tmp_path):
 def test_minilm_loads_with_its_own_pooling_and_normalization():
     # A folder csekit did not write (no csekit_config.json): the pooler is read off its modules.
     encoder = load_encoder(str(MINILM))
-    assert encoder.pooler == "mean"
+    assert encoder.pooler.name == "mean"
     assert encoder.normalize is True
     expected = SentenceTransformer(str(MINILM), device="cpu").encode(TEXTS)
     assert _max_diff(encoder.encode(TEXTS), expected) < 1e-5
@@ -158,6 +162,6 @@ def test_pooler_override_on_load(tmp_path):
     encoder = make_tiny_encoder("mean")
     encoder.save(tmp_path / "model")
     reloaded = load_encoder(tmp_path / "model", pooler="max")
-    assert reloaded.pooler == "max"
+    assert reloaded.pooler.name == "max"
     max_encoder = make_tiny_encoder("max")  # same seed, same weights
     assert _max_diff(reloaded.encode(TEXTS), max_encoder.encode(TEXTS)) < 1e-5

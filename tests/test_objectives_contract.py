@@ -16,8 +16,10 @@ from conftest import make_tiny_encoder, tiny_config
 from transformers import BertForMaskedLM
 
 import csekit.objectives
+from csekit import CsekitError
 from csekit.data.collate import pad_batch
-from csekit.objectives import OBJECTIVES, Objective, build_objective
+from csekit.objectives import OBJECTIVES, WRAPPERS, Objective, ObjectiveWrapper, RunContext, build_objective
+from csekit.objectives.options import option_parameters
 from csekit.training.grad_cache import grad_cache_step
 
 TEXTS = ["a man plays the guitar .", "two dogs run .", "the market fell today .", "she slices an onion .",
@@ -53,25 +55,47 @@ def batch_for(objective: Objective, encoder) -> dict:
     return batch
 
 
-def test_registry_holds_every_objective_defined_in_the_package():
-    """An objective class written in csekit/objectives/ but missing from the registry fails here."""
+def test_registry_holds_every_objective_and_wrapper_defined_in_the_package():
+    """An objective (or wrapper) class written in csekit/objectives/ but missing from its registry fails here."""
     defined = set()
     for module_info in pkgutil.iter_modules(csekit.objectives.__path__):
         module = importlib.import_module(f"csekit.objectives.{module_info.name}")
         defined |= {cls for cls in vars(module).values()
-                    if inspect.isclass(cls) and issubclass(cls, Objective) and cls is not Objective
+                    if inspect.isclass(cls) and issubclass(cls, Objective) and cls not in (Objective, ObjectiveWrapper)
                     and cls.__module__ == module.__name__}  # fmt: skip
-    assert defined == set(OBJECTIVES.values())
+    assert defined == set(OBJECTIVES.values()) | set(WRAPPERS.values())
     with pytest.raises(Exception, match="unknown objective"):
         build_objective("nope", make_tiny_encoder())
 
 
-def test_unknown_objective_options_are_errors_and_shared_keys_are_filtered():
+def test_unknown_objective_options_are_errors_and_run_keys_never_reach_the_objective():
     encoder = make_tiny_encoder()
-    objective = build_objective("simcse", encoder, temperature=0.1, hard_negative_weight=1.0)
+    objective = build_objective("simcse", encoder, options={"temperature": 0.1})
     assert objective.temperature == 0.1
-    with pytest.raises(Exception, match="has no option"):
+    with pytest.raises(CsekitError, match="has no option"):
         build_objective("simcse", encoder, options={"dup_rate": 0.3})
+    # Options of one method are errors for another (SimCSE's hard-negative weight is no ESimCSE option),
+    # and the run's own keys are not options at all: they come as the context.
+    for name, option in [("esimcse", "hard_negative_weight"), ("simcse", "batch_size"), ("clear", "max_length"),
+                         ("simcse", "model"), ("simcse", "mlm_weight")]:  # fmt: skip
+        with pytest.raises(CsekitError, match=f"objective {name!r} has no option.*{option}"):
+            build_objective(name, encoder, options={option: 1})
+    with pytest.raises(CsekitError, match="temperature must be float"):
+        build_objective("simcse", encoder, options={"temperature": "warm"})
+
+
+@pytest.mark.parametrize("cls", [*OBJECTIVES.values(), *WRAPPERS.values()], ids=lambda cls: cls.__name__)
+def test_every_option_is_keyword_only_with_a_default_and_an_annotation(cls):
+    for name, parameter in option_parameters(cls).items():
+        assert parameter.kind is inspect.Parameter.KEYWORD_ONLY, f"{cls.__name__}: {name} must be keyword-only"
+        assert parameter.default is not inspect.Parameter.empty, f"{cls.__name__}: {name} needs a default"
+        assert parameter.annotation is not inspect.Parameter.empty, f"{cls.__name__}: {name} needs a type"
+
+
+def test_each_objective_owns_its_defaults():
+    """ConSERT's temperature is its own 0.1, not a recipe-wide 0.05."""
+    assert build_objective("consert", make_tiny_encoder()).temperature == 0.1
+    assert build_objective("simcse", make_tiny_encoder()).temperature == 0.05
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
@@ -85,6 +109,17 @@ def test_objective_returns_finite_named_terms_that_train_the_encoder(name):
     assert all(p.grad is not None for p in encoder.backbone.encoder.parameters())
     embeddings = objective.embed(encoder, batch)
     assert all(value.shape[0] == len(TEXTS) for value in embeddings.values())  # rows follow the batch
+    # The declared sentence embeddings are the trained encoder's (B, H) rows, with a graph.
+    assert objective.sentence_keys and set(objective.sentence_keys) <= set(embeddings)
+    for key in objective.sentence_keys:
+        assert embeddings[key].shape == (len(TEXTS), encoder.embedding_dim) and embeddings[key].requires_grad, key
+    assert set(objective.views) <= set(objective.columns)
+    # The loss is pure: calling it twice (same random draws, e.g. DCLR's noise) changes nothing.
+    terms = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        terms.append({name: value.item() for name, value in objective.loss(embeddings, batch).items()})
+    assert terms[0] == terms[1]
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
@@ -111,3 +146,46 @@ def test_gradient_cache_equals_the_plain_step_for_every_objective(name):
         assert cached_terms[name_].item() == pytest.approx(value.item(), abs=1e-6)
     for expected, param in zip(plain, params):
         torch.testing.assert_close(param.grad, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_the_mlm_wrapper_composes_with_every_objective_and_the_gradient_cache(name):
+    encoder = make_tiny_encoder(CONTRACT_POOLERS.get(name, "cls"), hidden_dropout_prob=0.1).train()
+    context = RunContext(model=TINY_MLM, max_length=encoder.max_length)
+    objective = build_objective(name, encoder, options=CONTRACT_OPTIONS.get(name), context=context,
+                                wrappers={"mlm": {"weight": 0.1}}).train()  # fmt: skip
+    assert (objective.columns, objective.views, objective.sentence_keys) == (
+        objective.inner.columns, objective.inner.views, objective.inner.sentence_keys)
+    batch = batch_for(objective, encoder)
+    terms = objective(encoder, batch)
+    assert "mlm" in terms and set(terms) - {"mlm"} == set(objective.inner(encoder, batch))
+    if not objective.supports_grad_cache:
+        return
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    torch.manual_seed(1)
+    chunks = [{c: {k: v[i : i + 2] for k, v in f.items()} for c, f in batch.items()} for i in range(0, 6, 2)]
+    parts = [objective.embed(encoder, chunk) for chunk in chunks]
+    plain_terms = objective.loss({key: torch.cat([part[key] for part in parts]) for key in parts[0]}, batch)
+    sum(plain_terms.values()).backward()
+    plain = [p.grad.clone() for p in params]
+    encoder.zero_grad()
+    torch.manual_seed(1)
+    cached_terms = grad_cache_step(objective, encoder, batch, 2)
+    for term, value in plain_terms.items():
+        assert cached_terms[term].item() == pytest.approx(value.item(), abs=1e-6)
+    for expected, param in zip(plain, params):
+        torch.testing.assert_close(param.grad, expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_frozen_helpers_stay_frozen_and_out_of_the_checkpoint_state(name):
+    encoder = make_tiny_encoder(CONTRACT_POOLERS.get(name, "cls"), hidden_dropout_prob=0.1)
+    objective = build_objective(name, encoder, options=CONTRACT_OPTIONS.get(name)).train()
+    state = objective.trainable_state_dict()
+    for prefix, helper in objective.helpers():
+        assert not helper.training and not any(p.requires_grad for p in helper.parameters())
+        assert not any(key.startswith(prefix + ".") for key in state)
+    objective.load_trainable_state_dict(state)  # what a resume does
+
+
+TINY_MLM = saved_tiny_masked_lm()

@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
-from conftest import make_tiny_encoder
+from conftest import make_tiny_encoder, tiny_config
 
+from csekit import CsekitError
 from csekit.models import POOLERS
-from csekit.models.pooling import NEEDS_HIDDEN_STATES, PROMPT_POOLERS, check_pooler, pool
+from csekit.models.pooling import build_pooler, check_pooler
 
-#: Poolers of the sentence's own tokens; the prompt poolers (mask) are tested in test_promptbert.py.
-TOKEN_POOLERS = [name for name in POOLERS if name not in PROMPT_POOLERS]
+#: SimCSE's poolers of the sentence's own tokens; the prompt poolers (mask) are tested in test_promptbert.py,
+#: the training-free ones (layer_mean, ditto) in test_postprocess.py.
+TOKEN_POOLERS = [name for name, cls in POOLERS.items() if cls.__module__ == "csekit.models.pooling"]
+NEEDS_HIDDEN_STATES = {name for name in TOKEN_POOLERS if POOLERS[name].needs_hidden_states}
+
+
+def pool(name: str, last_hidden: torch.Tensor, hidden_states, mask: torch.Tensor) -> torch.Tensor:
+    """The pooler registered as ``name`` over hand-made backbone outputs."""
+    layers = len(hidden_states) - 1 if hidden_states is not None else 2
+    pooler = build_pooler(name, config=tiny_config(num_hidden_layers=layers), tokenizer=None)
+    outputs = SimpleNamespace(last_hidden_state=last_hidden, hidden_states=hidden_states)
+    return pooler(outputs, {"attention_mask": mask}, None)
 
 # Sentences of different lengths, so a batch of them is padded (the short ones by many tokens).
 TEXTS = [
@@ -148,14 +161,15 @@ def test_layer_poolers_are_declared_as_needing_hidden_states():
     # The encoder asks the backbone for every layer only for these names; a missing entry would
     # crash (hidden_states None) or silently pool the wrong tensors.
     assert NEEDS_HIDDEN_STATES == {"first_last_avg", "last2avg"}
-    assert NEEDS_HIDDEN_STATES <= set(POOLERS)
+    assert {name for name in TOKEN_POOLERS if not POOLERS[name].needs_hidden_states} == {"cls", "cls_before_pooler",
+                                                                                      "mean", "max"}
 
 
 @pytest.mark.parametrize("name", ["avg", "CLS", "", "mean_pooling"])
-def test_unknown_pooler_name_raises_value_error(name):
-    with pytest.raises(ValueError, match="unknown pooler"):
+def test_unknown_pooler_name_raises_a_one_line_error(name):
+    with pytest.raises(CsekitError, match="unknown pooler"):
         check_pooler(name)
-    with pytest.raises(ValueError, match="unknown pooler"):
+    with pytest.raises(CsekitError, match="unknown pooler"):
         pool(name, torch.zeros(1, 2, 3), None, torch.ones(1, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="unknown pooler"):
+    with pytest.raises(CsekitError, match="unknown pooler"):
         make_tiny_encoder(name)

@@ -49,7 +49,7 @@ def test_report_writes_html_markdown_and_figures(report, trained_run):
     for name in linked:
         assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # --compute saved what it computed in the run folder, for the next report.
-    saved = json.loads((trained_run / "eval.json").read_text(encoding="utf-8"))["metrics"]
+    saved = json.loads((trained_run / "eval.json").read_text(encoding="utf-8"))["results"]["sts"]
     assert f"{saved['stsb']:.2f}" in page and saved["stsb/pairs"] == 1379
     points = json.loads((trained_run / "align_uniform.json").read_text(encoding="utf-8"))["points"]
     assert [p["label"] for p in points] == ["start", "best", "final"] and [p["step"] for p in points] == [0, 2, 4]
@@ -74,7 +74,8 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 def test_saved_results_are_reused_without_compute(report, trained_run, data_dir):
     record = json.loads((trained_run / "eval.json").read_text(encoding="utf-8"))
-    record["metrics"].update({"stsb": 12.34, "avg": 12.34, "mr": 71.5, "transfer/avg": 71.5})
+    record["results"]["sts"].update({"stsb": 12.34, "avg": 12.34})
+    record["results"]["transfer"] = {"mr": 71.5, "avg": 71.5}
     (trained_run / "eval.json").write_text(json.dumps(record), encoding="utf-8")
     output = trained_run.parent / "again"
     assert main(["report", str(trained_run), "--output", str(output)]) == 0

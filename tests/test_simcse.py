@@ -43,7 +43,7 @@ def tokens(encoder, texts):
 
 def test_unsupervised_loss_matches_naive_reference():
     encoder = make_tiny_encoder(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1).train()
-    objective = build_objective("simcse", encoder, temperature=0.05)
+    objective = build_objective("simcse", encoder, options={"temperature": 0.05})
     torch.manual_seed(3)
     embeddings = objective.embed(encoder, {"sent0": tokens(encoder, SENTENCES)})
     loss = objective.loss(embeddings, {})["contrastive"]
@@ -54,7 +54,7 @@ def test_unsupervised_loss_matches_naive_reference():
 @pytest.mark.parametrize("weight", [0.0, 0.5, math.log(3.0)])
 def test_supervised_loss_with_hard_negatives_matches_naive_reference(weight):
     encoder = make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).eval()
-    objective = build_objective("simcse_sup", encoder, temperature=0.05, hard_negative_weight=weight)
+    objective = build_objective("simcse_sup", encoder, options={"temperature": 0.05, "hard_negative_weight": weight})
     batch = {"sent0": tokens(encoder, SENTENCES), "sent1": tokens(encoder, SENTENCES[::-1]),
              "hard_neg": tokens(encoder, ["nothing at all .", "x", "a cat sleeps on the warm sofa today .", "no"])}  # fmt: skip
     embeddings = objective.embed(encoder, batch)
@@ -82,10 +82,11 @@ def test_training_model_has_dropout_on_and_views_differ_only_in_training():
 
 
 def test_mlm_auxiliary_term_is_weighted_and_trains_the_backbone():
-    config = TrainConfig(model=str(BERT_MINI), objective="simcse", mlm_weight=0.1)
+    config = TrainConfig(model=str(BERT_MINI), objective="simcse", wrappers={"mlm": {"weight": 0.1}})
     encoder, objective = build_model(config)
+    encoder.eval()  # the pretrained head's quality, without dropout's noise (gradients flow all the same)
     torch.manual_seed(0)
-    terms = objective(encoder, {"sent0": tokens(encoder, SENTENCES * 4)})
+    terms = objective(encoder, {"sent0": tokens(encoder, SENTENCES * 16)})
     assert set(terms) == {"contrastive", "mlm"}
     # A masked LM that was pretrained on this vocabulary predicts masked words far better than chance.
     assert 0 < terms["mlm"].item() / 0.1 < math.log(len(encoder.tokenizer)) / 2

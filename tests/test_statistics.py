@@ -191,14 +191,14 @@ def test_eval_groups_prints_mean_std_and_a_comparison(data_dir, tmp_path, capsys
     assert "a (n=2)" in printed and "b (n=2)" in printed and "paired t-test over seeds 1, 2" in printed
     record = json.loads(out.read_text(encoding="utf-8"))
     group_a = record["groups"]["a"]
-    values = [m["metrics"]["sts13"] for m in group_a["models"]]
-    assert group_a["mean"]["sts13"] == pytest.approx(np.mean(values))
-    assert group_a["std"]["sts13"] == pytest.approx(np.std(values, ddof=1))
+    values = [m["metrics"]["sts/sts13"] for m in group_a["models"]]
+    assert group_a["mean"]["sts/sts13"] == pytest.approx(np.mean(values))
+    assert group_a["std"]["sts/sts13"] == pytest.approx(np.std(values, ddof=1))
     (comparison,) = record["comparisons"]
     assert comparison["baseline"] == "a" and comparison["other"] == "b"
-    assert comparison["bootstrap"]["sts13"]["delta"] == pytest.approx(
-        record["groups"]["b"]["mean"]["sts13"] - group_a["mean"]["sts13"])  # fmt: skip
-    assert comparison["t_test"]["kind"] == "paired" and "sts13" in comparison["t_test"]["metrics"]
+    assert comparison["bootstrap"]["sts/sts13"]["delta"] == pytest.approx(
+        record["groups"]["b"]["mean"]["sts/sts13"] - group_a["mean"]["sts/sts13"])  # fmt: skip
+    assert comparison["t_test"]["kind"] == "paired" and "sts/sts13" in comparison["t_test"]["metrics"]
 
 
 def test_eval_several_models_without_groups(data_dir, tmp_path, capsys):

@@ -129,3 +129,38 @@ def test_compare_sts_prints_the_start_and_trained_columns(tmp_path, tiny_model, 
     assert "start (cls)" in out and "start (mean)" in out and "trained" in out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.split()[:1] in (["avg"], ["STS-B"])}
     assert len(rows["avg"]) == 3 and all(-100 <= float(value) <= 100 for value in rows["avg"])
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    # a key that named a constructor parameter used to crash with "got multiple values for keyword argument"
+    (["options.max_length=8"], "objective 'simcse' has no option(s) max_length"),
+    (["objective=esimcse", "options.batch_size=8"], "objective 'esimcse' has no option(s) batch_size"),
+    # options of another method used to be dropped without a word
+    (["options.hard_negative_weight=1.0"], "objective 'simcse' has no option(s) hard_negative_weight"),
+    (["pooler=avg"], "unknown pooler 'avg'"),  # used to end in a ValueError traceback
+    # an MLM term from a checkpoint without an MLM head used to train a randomly initialised head
+    (["wrappers.mlm.weight=0.1"], "has no pretrained masked-LM head"),
+])  # fmt: skip
+def test_bad_method_settings_are_one_line_errors_and_write_nothing(tmp_path, tiny_model, capsys, overrides, message):
+    recipe = write_recipe(tmp_path, tiny_model)
+    args = [arg for override in overrides for arg in ("--set", override)]
+    assert main(["train", str(recipe), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("csekit: error:") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_the_temperature_option_reaches_the_objective(tmp_path, tiny_model):
+    recipe = write_recipe(tmp_path, tiny_model, max_steps=1)
+    assert main(["train", str(recipe), "--set", "options.temperature=0.1"]) == 0
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["options"] == {"temperature": 0.1}
+
+
+def test_best_checkpoint_selection_honours_a_lower_is_better_metric(tmp_path, tiny_model, data_dir):
+    recipe = write_recipe(tmp_path, tiny_model, max_steps=4, eval_steps=1, save_steps=0, data_dir=str(data_dir),
+                          eval_tasks="align_uniform")  # fmt: skip
+    assert main(["train", str(recipe)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    dev = [(row["step"], row["dev/align_uniform/uniform"], row["dev/best"]) for row in rows if "dev/best" in row]
+    assert [best for _, _, best in dev] == [min(value for _, value, _ in dev[: i + 1]) for i in range(len(dev))]
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["eval_metric"] == "align_uniform/uniform"

@@ -24,7 +24,6 @@ from csekit.evaluation.transfer import (
     ProbeConfig,
     ProbeFactory,
     TransferEvaluator,
-    _sentEval_order,
     binary_f1,
     inner_kfold_accuracy,
     kfold_accuracy,
@@ -34,6 +33,7 @@ from csekit.evaluation.transfer import (
     read_sentences,
     read_sst,
     read_trec,
+    senteval_order,
     split_accuracy,
     stratified_folds,
     torch_threads,
@@ -125,10 +125,10 @@ def test_mrpc_non_utf8_line_names_file_and_line(tmp_path):
 
 def test_examples_are_in_senteval_order():
     # sorted(zip(X, y), key=lambda z: (len(z[0]), z[1])): by word count, then label, else file order.
-    examples = _sentEval_order(["b c", "a", "d e", "f", "g h i"], [1, 1, 0, 0, 1])
+    examples = senteval_order(["b c", "a", "d e", "f", "g h i"], [1, 1, 0, 0, 1])
     assert examples.texts == ["f", "a", "d e", "b c", "g h i"]
     assert examples.labels.tolist() == [0, 1, 0, 1, 1]
-    pairs = _sentEval_order(["a b", "a b", "c"], [1, 0, 1], ["x y z", "x", "y"])  # MRPC: (len A, len B, y)
+    pairs = senteval_order(["a b", "a b", "c"], [1, 0, 1], ["x y z", "x", "y"])  # MRPC: (len A, len B, y)
     assert (pairs.texts, pairs.second, pairs.labels.tolist()) == (["c", "a b", "a b"], ["y", "x", "x y z"], [1, 0, 1])
 
 

@@ -1,9 +1,11 @@
-"""Rank and world-size helpers, and an all-gather that gradients flow back through.
+"""Rank, world-size and device helpers, and an all-gather that gradients flow back through.
 
 Every helper works without ``torch.distributed``: a single process is rank 0 of a world of 1.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import torch.distributed as dist
@@ -21,6 +23,26 @@ def get_rank() -> int:
 
 def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def resolve_device(name: str | None = None) -> torch.device:
+    """``name`` (cpu, cuda, cuda:1, ...), or cuda when there is one, else cpu."""
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def init_distributed(device_name: str | None = None) -> torch.device:
+    """Join the process group ``torchrun`` describes in the environment; pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() and (device_name is None or device_name.startswith("cuda"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    if device_name and device_name != "cuda":
+        return torch.device(device_name)
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
 
 
 def all_gather_with_grad(tensor: Tensor) -> Tensor:

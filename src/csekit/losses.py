@@ -95,31 +95,38 @@ def hard_negative_weights(
     return weights
 
 
-def nt_xent(view1: Tensor, view2: Tensor, temperature: float | Tensor = 0.1, *, gather: bool = True) -> Tensor:
-    """NT-Xent over both views, the two directions summed (a scalar).
+#: How nt_xent reduces its 2B per-anchor losses.
+NT_XENT_REDUCTIONS = ("mean", "sum_of_directions")
 
-    SimCLR's loss as ConSERT uses it (Yan et al. 2021, Sec. 3.1, Eq. 1; reference code
-    ``AdvCLSoftmaxLoss._contrastive_loss_forward``, ``cl_type=nt_xent``): every sentence of either
-    view is an anchor; its positive is the same sentence in the other view and its negatives are the
-    other 2B - 2 sentences of *both* views (the same-view ones included, its own copy excluded):
 
-    ``loss_a = mean_i -log exp(s(a_i, b_i) / t) / (sum_j exp(s(a_i, b_j) / t) + sum_{j != i} exp(s(a_i, a_j) / t))``
+def nt_xent(view1: Tensor, view2: Tensor, temperature: float | Tensor, *, reduction: str,
+            gather: bool = True) -> Tensor:  # fmt: skip
+    """NT-Xent over the 2B views of B sentences (SimCLR's loss): a scalar.
 
-    and ``loss_b`` the same with the views swapped. The reference returns ``loss_a + loss_b`` (twice
-    the paper's mean over the 2B anchors) and so does this.
+    Every view is an anchor; its positive is the same sentence's other view and its negatives are the
+    other 2B - 2 views, those of *both* views (its own copy excluded):
+    ``l(i) = -log exp(s(z_i, z_i') / t) / sum_{k != i} exp(s(z_i, z_k) / t)`` over cosine similarities.
 
-    view1, view2: (B, H), row i of each the same sentence. Similarities are cosines (``hidden_norm``).
-    gather: with several processes, both views of every rank are candidates (see :func:`info_nce`).
+    ``reduction`` says how the 2B losses combine, as each method's reference does:
+
+    - ``"mean"``: their mean (SimCLR; CLEAR, Wu et al. 2020, Sec. 3.1);
+    - ``"sum_of_directions"``: the mean over view-1 anchors plus the mean over view-2 anchors, i.e. twice
+      the mean (ConSERT's reference, ``AdvCLSoftmaxLoss._contrastive_loss_forward`` with ``nt_xent``).
+
+    view1, view2: (B, H), row i of each the same sentence. gather: with several processes, both views of
+    every rank are candidates (see :func:`info_nce`).
     """
+    if reduction not in NT_XENT_REDUCTIONS:
+        raise ValueError(f"reduction must be one of {', '.join(NT_XENT_REDUCTIONS)}, not {reduction!r}")
     size = view1.shape[0]
-    # Candidates [other view; own view]: (2B, H). An anchor's own copy sits at column B + i, where
-    # weight 0 removes it (the reference subtracts 1e9 from that logit).
-    not_self = torch.ones(size, 2 * size, device=view1.device)  # (B, 2B)
+    anchors = torch.cat([view1, view2])  # (2B, H)
+    candidates = torch.cat([view2, view1])  # (2B, H): candidates[i] is the positive of anchors[i]
+    not_self = torch.ones(2 * size, 2 * size, device=view1.device, dtype=view1.dtype)  # (2B, 2B)
     rows = torch.arange(size, device=view1.device)
-    not_self[rows, size + rows] = 0.0
-    loss_a = info_nce(view1, torch.cat([view2, view1]), temperature, weights=not_self, gather=gather)
-    loss_b = info_nce(view2, torch.cat([view1, view2]), temperature, weights=not_self, gather=gather)
-    return loss_a + loss_b
+    not_self[rows, size + rows] = 0.0  # anchor i (view 1) meets itself at candidates[B + i]
+    not_self[size + rows, rows] = 0.0  # anchor B + i (view 2) meets itself at candidates[i]
+    loss = info_nce(anchors, candidates, temperature, weights=not_self, gather=gather)  # mean over 2B anchors
+    return loss if reduction == "mean" else 2 * loss
 
 
 def _log_weights(weights: Tensor) -> Tensor:

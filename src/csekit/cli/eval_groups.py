@@ -11,19 +11,17 @@ import json
 import math
 from pathlib import Path
 
+from csekit.atomic import write_text
+from csekit.distributed import resolve_device
 from csekit.errors import CsekitError
-from csekit.evaluation.compare import EvaluatedModel, compare, run_seed, summarize
-from csekit.evaluation.sts import TITLES
-from csekit.evaluation.transfer import TITLES as TRANSFER_TITLES
+from csekit.evaluation.base import Evaluator
+from csekit.evaluation.compare import EvaluatedModel, compare, evaluate_model, summarize
 from csekit.models import load_encoder
 
-#: Family -> (metric key, row title, decimals) of its rows in the group tables.
-ROWS = {
-    "sts": lambda tasks: [(task, TITLES[task], 2) for task in tasks] + [("avg", "avg", 2)],
-    "transfer": lambda tasks: [(task, TRANSFER_TITLES[task], 2) for task in tasks] + [("transfer/avg", "avg", 2)],
-    "align_uniform": lambda tasks: [("align", "align", 4), ("uniform", "uniform", 4)],
-    "rank": lambda tasks: [("effective_rank", "eff.rank", 2), ("rank", "rank", 0), ("anisotropy", "anisotr.", 4)],
-}
+
+def table_rows(family: str, evaluator: Evaluator) -> list[tuple[str, str, int]]:
+    """(family/metric, title, decimals) of one family's rows in the group tables."""
+    return [(f"{family}/{key}", title, decimals) for key, title, decimals in evaluator.summary_rows()]
 
 
 def parse_groups(models: list[str], specs: list[str]) -> dict[str, list[str]]:
@@ -46,23 +44,17 @@ def parse_groups(models: list[str], specs: list[str]) -> dict[str, list[str]]:
     return groups
 
 
-def run_groups(args: argparse.Namespace, groups: dict[str, list[str]], evaluators: dict) -> int:
-    from csekit.cli.eval import _device, merge_metrics, shared_tables
-
+def run_groups(args: argparse.Namespace, groups: dict[str, list[str]], evaluators: dict[str, Evaluator]) -> int:
     evaluated: dict[str, list[EvaluatedModel]] = {}
     for name, paths in groups.items():
         evaluated[name] = []
         for path in paths:
-            encoder = load_encoder(path, pooler=args.pooler).to(_device(args.device))
-            tables = shared_tables(evaluators, encoder, batch_size=args.batch_size)
-            results = {family: evaluator.score(tables[family]) if family in tables else evaluator.evaluate(encoder)
-                       for family, evaluator in evaluators.items()}  # fmt: skip
-            predictions = evaluators["sts"].predictions(tables["sts"]) if "sts" in evaluators else {}
-            model = EvaluatedModel(path, merge_metrics(results), predictions, run_seed(path), encoder.pooler)
+            encoder = load_encoder(path, pooler=args.pooler).to(resolve_device(args.device))
+            model = evaluate_model(path, encoder, evaluators, pooler=encoder.pooler.name, batch_size=args.batch_size)
             evaluated[name].append(model)
-            print(f"{name}: {path}  seed {model.seed if model.seed is not None else '?'}  pooler {encoder.pooler}")
+            print(f"{name}: {path}  seed {model.seed if model.seed is not None else '?'}  pooler {model.pooler}")
     summaries = {name: summarize(models) for name, models in evaluated.items()}
-    rows = [row for family, e in evaluators.items() for row in ROWS[family](getattr(e, "tasks", []))]
+    rows = [row for family, evaluator in evaluators.items() for row in table_rows(family, evaluator)]
     row_keys = [key for key, _, _ in rows]
     sts_tasks = list(evaluators["sts"].tasks) if "sts" in evaluators else []
     baseline, *others = evaluated
@@ -70,7 +62,7 @@ def run_groups(args: argparse.Namespace, groups: dict[str, list[str]], evaluator
     comparisons = {other: compare(evaluated[baseline], evaluated[other], **options) for other in others}
     print(f"\nmean ± std over each method's models (sample std, n - 1); mode {args.mode}")
     for family, evaluator in evaluators.items():
-        print("\n" + format_group_table(summaries, ROWS[family](getattr(evaluator, "tasks", []))))
+        print("\n" + format_group_table(summaries, table_rows(family, evaluator)))
     for other, comparison in comparisons.items():
         print("\n" + format_comparison(baseline, other, comparison, rows, args.resamples))
     if args.json_path:
@@ -79,7 +71,7 @@ def run_groups(args: argparse.Namespace, groups: dict[str, list[str]], evaluator
                               for m in evaluated[name]], **summaries[name]}
             for name in evaluated
         }, "comparisons": [{"baseline": baseline, "other": other, **c} for other, c in comparisons.items()]}  # fmt: skip
-        Path(args.json_path).write_text(json.dumps(_finite(record), indent=2) + "\n", encoding="utf-8")
+        write_text(Path(args.json_path), json.dumps(_finite(record), indent=2) + "\n")
     return 0
 
 

@@ -6,7 +6,8 @@
   embedding output and the last layer, as the reference).
 
 The output is a normal model folder: ``csekit eval DIR`` evaluates it. Whitened folders load in stock
-sentence-transformers too; Ditto folders load in csekit only (see :mod:`csekit.postprocess.ditto`).
+sentence-transformers too; Ditto folders need csekit's input module (``SentenceTransformer(DIR,
+trust_remote_code=True)`` with csekit installed, see :mod:`csekit.models.st_module`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from csekit.distributed import resolve_device
 from csekit.errors import CsekitError
-from csekit.models import POOLERS, load_encoder
-from csekit.postprocess import DittoPooler, read_fit_sentences, use_layers, use_token_pooler, whiten
+from csekit.models import POOLERS, AffineMap, load_encoder
+from csekit.postprocess import DittoPooler, read_fit_sentences, use_layers, whiten
 from csekit.postprocess.ditto import DEFAULT_HEAD, DEFAULT_LAYER
 from csekit.postprocess.layers import parse_layers
 
@@ -68,29 +70,24 @@ def run(args: argparse.Namespace) -> int:
     check_options(args)
     # Read the fitting file before the model loads, so a bad file fails in a second, not after a download.
     sentences = read_fit_sentences(args.fit_on, max_sentences=args.max_sentences) if args.fit_on else []
-    encoder = load_encoder(args.model, pooler=args.pooler).to(_device(args.device))
+    encoder = load_encoder(args.model, pooler=args.pooler).to(resolve_device(args.device))
     num_layers = encoder.backbone.config.num_hidden_layers
     if args.method == "whitening":
         if args.layers is not None:
             use_layers(encoder, args.layers)
         hidden = encoder.backbone.config.hidden_size
         whiten(encoder, sentences, dim=args.dim, batch_size=args.batch_size)
-        summary = (f"whitening fitted on {len(sentences)} sentences of {args.fit_on}: pooler {encoder.pooler}, "
+        summary = (f"whitening fitted on {len(sentences)} sentences of {args.fit_on}: pooler {encoder.pooler.name}, "
                    f"{hidden} -> {encoder.embedding_dim} dimensions")  # fmt: skip
     else:
-        if encoder.whitening is not None:
+        if any(isinstance(module, AffineMap) for module in encoder.outputs):
             raise CsekitError(f"{args.model} is whitened after its own pooler; apply ditto to the model before whitening")
         layers = parse_layers(args.layers or f"0,{num_layers}", num_layers=num_layers)
         layer = DEFAULT_LAYER if args.layer is None else args.layer
         head = DEFAULT_HEAD if args.head is None else args.head
-        use_token_pooler(encoder, DittoPooler(layer=layer, head=head, layers=layers))
+        encoder.set_pooler(DittoPooler(layer=layer, head=head, layers=layers))
         summary = f"ditto: attention layer {layer} head {head}, hidden states {','.join(map(str, layers))}"
     encoder.save(args.output)
     print(f"{summary}; saved to {args.output} (evaluate with: csekit eval {args.output})")
     return 0
 
-
-def _device(name: str | None):
-    import torch
-
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if get_rank() != 0:  # under torchrun, one process reports
         return 0
     if result.best_metric is not None:
-        print(f"best dev {config.eval_tasks} {result.best_metric:.2f} at step {result.best_step}")
+        print(f"best dev {config.eval_metric} {result.best_metric:.2f} at step {result.best_step}")
     print(f"{result.steps} steps, {result.examples_per_second:.1f} examples/s; models in {result.output_dir}/best "
           f"and {result.output_dir}/final")  # fmt: skip
     if args.compare_sts:

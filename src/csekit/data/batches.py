@@ -14,6 +14,12 @@ Two modes:
 Distributed training: each global batch has ``batch_size * world_size`` examples and rank ``r``
 takes rows ``[r * batch_size, (r + 1) * batch_size)`` of it, so the ranks together see exactly the
 batch a single process with ``batch_size * world_size`` would see, in the same order.
+
+Besides the tokenized columns, a batch can carry the raw text of some columns (``text_columns``:
+``batch["text"][column]``, a list of B strings, for frozen helpers with a tokenizer of their own) and
+precomputed embeddings (``embedding_files``: ``{name: .npy file}`` with one float row per example, in the
+order the examples are read; ``batch["embeddings"][name]``, (B, D) float32), so a teacher's embeddings
+are computed once and read back every epoch. The .npy files are memory-mapped and never unpickled.
 """
 
 from __future__ import annotations
@@ -22,8 +28,10 @@ import hashlib
 import itertools
 import os
 import random
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,8 +39,10 @@ from csekit.data.collate import pad_batch
 from csekit.data.readers import ReadStats, read_many
 from csekit.errors import CsekitError
 
-#: {column: {"input_ids": (B, T), "attention_mask": (B, T), ...}}, as objectives take it.
-Batch = dict[str, dict[str, Tensor]]
+#: {column: {"input_ids": (B, T), "attention_mask": (B, T), ...}}, as objectives take it, plus the
+#: optional ``TEXT`` ({column: B strings}) and ``EMBEDDINGS`` ({name: (B, D)}) entries.
+Batch = dict[str, dict[str, Any]]
+TEXT, EMBEDDINGS = "text", "embeddings"
 #: texts -> {field: one unpadded id list per text}, e.g. ``SentenceEncoder.tokenize``.
 Tokenize = Callable[[Sequence[str]], dict[str, list[list[int]]]]
 
@@ -58,9 +68,15 @@ class TrainingData:
         skip_bad_lines: bool = False,
         streaming: bool = False,
         buffer_size: int = 10_000,
+        text_columns: Sequence[str] = (),
+        embedding_files: Mapping[str, str | os.PathLike] | None = None,
     ):
         self.paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         self.columns = tuple(columns)
+        unknown = sorted(set(text_columns) - set(self.columns))
+        if unknown:
+            raise ValueError(f"text_columns {unknown} are not among the columns {self.columns}")
+        self.text_columns = tuple(text_columns)
         self.tokenize = tokenize
         self.pad_token_id = pad_token_id
         self.skip_bad_lines = skip_bad_lines
@@ -71,13 +87,17 @@ class TrainingData:
         #: Counts from the latest pass over the files (the up-front read, or the latest streamed epoch).
         self.stats = ReadStats()
         self._tokens: dict[str, dict[str, _Ragged]] = {}
+        self._texts: dict[str, list[str]] = {}
         self._size: int | None = None
         if streaming:
+            if embedding_files:
+                raise CsekitError("precomputed embeddings need the examples in memory: set streaming: false")
             # Read one example now so a bad path, header or first line fails before training starts.
             if next(self._read(ReadStats()), None) is None:
                 raise CsekitError(f"no training examples in {self._names()}")
         else:
             self._load()
+        self._embeddings = {name: _embedding_rows(path, self._size) for name, path in (embedding_files or {}).items()}
 
     # ------------------------------------------------------------------ facts
     @property
@@ -137,6 +157,12 @@ class TrainingData:
                 ids = {key: ragged.take(rows) for key, ragged in fields.items()}  # {field: B id lists}
                 examples = [{key: ids[key][i] for key in ids} for i in range(len(rows))]
                 batch[column] = pad_batch(examples, self.pad_token_id)
+            if self._texts:
+                batch[TEXT] = {column: [texts[i] for i in rows.tolist()] for column, texts in self._texts.items()}
+            if self._embeddings:
+                index = rows.numpy()
+                batch[EMBEDDINGS] = {name: torch.from_numpy(np.asarray(table[index], dtype=np.float32))
+                                     for name, table in self._embeddings.items()}  # fmt: skip
             yield batch
 
     def _streamed_batches(self, epoch, seed, global_size, own, skip, drop_last) -> Iterator[Batch]:
@@ -164,6 +190,8 @@ class TrainingData:
             tokens = self.tokenize([example[column] for example in examples])
             rows = [{key: ids[i] for key, ids in tokens.items()} for i in range(len(examples))]
             batch[column] = pad_batch(rows, self.pad_token_id)
+        if self.text_columns:
+            batch[TEXT] = {column: [example[column] for example in examples] for column in self.text_columns}
         return batch
 
     # ------------------------------------------------------------------ reading
@@ -184,6 +212,8 @@ class TrainingData:
                 tokens = self.tokenize([example[column] for example in chunk])
                 for key, rows in tokens.items():
                     parts[column].setdefault(key, []).append(_Ragged.from_rows(rows))
+            for column in self.text_columns:
+                self._texts.setdefault(column, []).extend(example[column] for example in chunk)
         self._size = self.stats.read
         if self._size == 0:
             raise CsekitError(f"no training examples in {self._names()} ({self.stats.summary()})")
@@ -222,6 +252,18 @@ class _Ragged:
         """The rows at ``indices`` as lists (one tensor lookup for all of them: this runs every step)."""
         starts, lengths = self.offsets[indices].tolist(), self.lengths[indices].tolist()
         return [self.values[start : start + length].tolist() for start, length in zip(starts, lengths)]
+
+
+def _embedding_rows(path: str | os.PathLike, examples: int | None) -> np.ndarray:
+    """A (N, D) .npy table, memory-mapped, with one row per training example."""
+    try:
+        table = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise CsekitError(f"embedding file {path}: cannot read it as a .npy array ({error})") from None
+    if table.ndim != 2 or len(table) != examples:
+        raise CsekitError(f"embedding file {path} holds an array of shape {table.shape}; it needs one row per "
+                          f"training example: ({examples}, D)")  # fmt: skip
+    return table
 
 
 def _shuffled(examples: Iterator[dict[str, str]], buffer_size: int, rng: random.Random):

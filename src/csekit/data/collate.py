@@ -33,8 +33,10 @@ def concat_fields(fields: Sequence[Mapping[str, Tensor]], pad_token_id: int) -> 
     stacked: dict[str, Tensor] = {}
     for key in fields[0]:
         fill = pad_token_id if key == "input_ids" else 0
-        padded = [
-            torch.nn.functional.pad(field[key], (0, longest - field[key].shape[1]), value=fill) for field in fields
-        ]
-        stacked[key] = torch.cat(padded)  # (F * B, T)
+        stacked[key] = torch.cat([pad_to(field[key], longest, fill) for field in fields])  # (F * B, T)
     return stacked
+
+
+def pad_to(tokens: Tensor, width: int, value: int) -> Tensor:
+    """(B, T) -> (B, width): right-padded with ``value`` (T <= width)."""
+    return torch.nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=value)

@@ -25,7 +25,7 @@ from scipy.special import logsumexp
 
 from csekit.data.senteval import resolve_data_dir
 from csekit.errors import CsekitError
-from csekit.evaluation.base import Encoder
+from csekit.evaluation.base import EvaluationSettings, Evaluator
 from csekit.evaluation.sts import load_task
 
 
@@ -70,14 +70,19 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
     return x / np.where(norms == 0, 1, norms)
 
 
-class AlignmentUniformityEvaluator:
+class AlignmentUniformityEvaluator(Evaluator):
     """``align`` over STS-B pairs with gold score > ``threshold``, ``uniform`` over the split's sentences.
 
     Keys: ``align``, ``uniform``, ``align/pairs``, ``uniform/sentences``. Lower is better for both.
     """
 
+    family = "align_uniform"
     primary_metric = "uniform"
-    higher_is_better = False
+    greater_is_better = False
+
+    @classmethod
+    def from_settings(cls, tasks: list[str], settings: EvaluationSettings) -> AlignmentUniformityEvaluator:
+        return cls(data_dir=settings.data_dir, batch_size=settings.batch_size)
 
     def __init__(
         self,
@@ -100,10 +105,6 @@ class AlignmentUniformityEvaluator:
         self.positive_pairs = [(a, b) for a, b, keep in zip(pairs.first, pairs.second, positive) if keep]
         self.sentences = sorted({*pairs.first, *pairs.second})
 
-    def evaluate(self, model: Encoder) -> dict[str, float]:
-        table = model.encode(self.sentences, batch_size=self.batch_size)  # (S, H)
-        return self.score(table)
-
     def score(self, table: np.ndarray) -> dict[str, float]:
         """Metrics from embeddings of ``self.sentences`` (row i embeds sentence i)."""
         table = normalize_rows(table)
@@ -116,3 +117,13 @@ class AlignmentUniformityEvaluator:
             "align/pairs": float(len(self.positive_pairs)),
             "uniform/sentences": float(len(self.sentences)),
         }
+
+    def format_table(self, metrics: dict[str, float]) -> str:
+        return "\n".join([
+            f"{'metric':<8} {'value':>8}  over (STS-B dev; lower is better)",
+            f"{'align':<8} {metrics['align']:8.4f}  {int(metrics['align/pairs'])} pairs with gold score > 4",
+            f"{'uniform':<8} {metrics['uniform']:8.4f}  {int(metrics['uniform/sentences'])} sentences",
+        ])  # fmt: skip
+
+    def summary_rows(self) -> list[tuple[str, str, int]]:
+        return [("align", "align", 4), ("uniform", "uniform", 4)]

@@ -2,7 +2,7 @@
 against another with the tests of :mod:`csekit.evaluation.statistics`.
 
 - STS tasks: the paired bootstrap over test pairs (each method's models resampled on the same pairs);
-  ``avg`` resamples every STS task and averages, as the headline does.
+  ``sts/avg`` resamples every STS task and averages, as the headline does.
 - Every metric: the paired t-test over seeds when both methods ran the same seeds (a model's seed is
   the ``seed`` of the ``config.yaml`` that ``csekit train`` wrote beside or above it), else Welch's
   t-test when each method has two models or more, else none.
@@ -11,24 +11,36 @@ against another with the tests of :mod:`csekit.evaluation.statistics`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from csekit.evaluation import flat_metrics, shared_tables
+from csekit.evaluation.base import Encoder, Evaluator
 from csekit.evaluation.statistics import mean_std, paired_bootstrap_tasks, paired_t_test, welch_t_test
 
 
 @dataclass
 class EvaluatedModel:
-    """One model's flat metrics and, when STS ran, each STS task's (similarity (N,), gold (N,))."""
+    """One model's metrics (``family/metric``) and, when STS ran, each STS task's (similarity (N,), gold (N,))."""
 
     model: str
     metrics: dict[str, float]
     predictions: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     seed: int | None = None
     pooler: str | None = None
+
+
+def evaluate_model(path: str, encoder: Encoder, evaluators: Mapping[str, Evaluator], *, pooler: str,
+                   batch_size: int = 128) -> EvaluatedModel:  # fmt: skip
+    """Every family's metrics of one model (one encoding pass), its STS predictions and its training seed."""
+    tables = shared_tables(encoder, evaluators, batch_size=batch_size)
+    results = {family: evaluator.score(tables[family]) for family, evaluator in evaluators.items()}
+    predictions = evaluators["sts"].predictions(tables["sts"]) if "sts" in evaluators else {}
+    return EvaluatedModel(path, flat_metrics(results), predictions, run_seed(path), pooler)
 
 
 def run_seed(model: str | os.PathLike) -> int | None:
@@ -73,7 +85,7 @@ def compare(
     tasks = [task for task in sts_tasks if all(task in m.predictions for m in (*baseline, *other))]
     per_task = {task: _stacked(baseline, other, task) for task in tasks}
     results = paired_bootstrap_tasks(per_task, resamples=resamples, seed=seed) if per_task else {}
-    bootstrap = {name: asdict(result) for name, result in results.items()}
+    bootstrap = {f"sts/{name}": asdict(result) for name, result in results.items()}  # tasks and avg
     return {"bootstrap": bootstrap, "t_test": _t_tests(baseline, other, metrics)}
 
 

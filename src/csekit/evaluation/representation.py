@@ -23,7 +23,7 @@ import numpy as np
 from csekit.data.senteval import resolve_data_dir
 from csekit.errors import CsekitError
 from csekit.evaluation.alignment_uniformity import normalize_rows
-from csekit.evaluation.base import Encoder
+from csekit.evaluation.base import EvaluationSettings, Evaluator
 from csekit.evaluation.sts import load_task
 
 
@@ -67,14 +67,20 @@ def anisotropy(x: np.ndarray) -> float:
     return float(off_diagonal / (n * (n - 1)))
 
 
-class RepresentationEvaluator:
+class RepresentationEvaluator(Evaluator):
     """``effective_rank``, ``rank`` and ``anisotropy`` of the embeddings of a sentence set.
 
     Keys: ``effective_rank`` (the headline: higher means the sentences spread over more directions),
-    ``rank``, ``anisotropy``, ``sentences``. The default set is the distinct STS-B dev sentences.
+    ``rank``, ``anisotropy`` (lower is better), ``sentences``. The default set is the distinct STS-B dev
+    sentences.
     """
 
+    family = "rank"
     primary_metric = "effective_rank"
+
+    @classmethod
+    def from_settings(cls, tasks: list[str], settings: EvaluationSettings) -> RepresentationEvaluator:
+        return cls(data_dir=settings.data_dir, batch_size=settings.batch_size)
 
     def __init__(
         self,
@@ -96,10 +102,6 @@ class RepresentationEvaluator:
         if len(self.sentences) < 2:
             raise CsekitError("the representation metrics need at least 2 distinct sentences")
 
-    def evaluate(self, model: Encoder) -> dict[str, float]:
-        table = model.encode(self.sentences, batch_size=self.batch_size)  # (S, H)
-        return self.score(table)
-
     def score(self, table: np.ndarray) -> dict[str, float]:
         """Metrics from embeddings of ``self.sentences`` (row i embeds sentence i)."""
         return {
@@ -108,3 +110,19 @@ class RepresentationEvaluator:
             "anisotropy": anisotropy(table),
             "sentences": float(len(self.sentences)),
         }
+
+    def format_table(self, metrics: dict[str, float]) -> str:
+        return "\n".join([
+            f"{'metric':<15} {'value':>8}  (STS-B dev, {int(metrics['sentences'])} sentences)",
+            f"{'effective_rank':<15} {metrics['effective_rank']:8.2f}",
+            f"{'rank':<15} {int(metrics['rank']):8d}",
+            f"{'anisotropy':<15} {metrics['anisotropy']:8.4f}",
+        ])  # fmt: skip
+
+    def summary_rows(self) -> list[tuple[str, str, int]]:
+        return [("effective_rank", "eff.rank", 2), ("rank", "rank", 0), ("anisotropy", "anisotr.", 4)]
+
+    def improves(self, metric: str, value: float, best: float | None) -> bool:
+        if metric == "anisotropy":  # a space whose sentences point the same way is worse
+            return best is None or value < best
+        return super().improves(metric, value, best)

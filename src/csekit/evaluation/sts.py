@@ -27,7 +27,7 @@ from scipy.stats import pearsonr, spearmanr
 
 from csekit.data.senteval import resolve_data_dir, verify_files
 from csekit.errors import CsekitError
-from csekit.evaluation.base import Encoder, parse_task_names
+from csekit.evaluation.base import EvaluationSettings, Evaluator, parse_task_names
 
 #: SentEval's STS12–16 subsets (STS13 has no SMT subset: its licence forbids redistribution).
 YEARLY_SUBSETS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -171,7 +171,7 @@ def correlations(similarity: np.ndarray, gold: np.ndarray) -> tuple[float, float
     return 100 * float(spearmanr(similarity, gold)[0]), 100 * float(pearsonr(similarity, gold)[0])
 
 
-class STSEvaluator:
+class STSEvaluator(Evaluator):
     """Evaluate STS tasks; ``evaluate(model)`` returns flat metrics, ``avg`` being the headline.
 
     Keys: ``<task>`` (Spearman ×100; for STS12–16 the "all" aggregate), ``<task>/pearson``,
@@ -179,7 +179,19 @@ class STSEvaluator:
     ``/pearson_wmean`` and ``<task>/<subset>/spearman`` etc.; ``avg`` over the tasks evaluated.
     """
 
+    family = "sts"
+    tasks_known = TASKS
     primary_metric = "avg"
+
+    @classmethod
+    def from_settings(cls, tasks: list[str], settings: EvaluationSettings) -> STSEvaluator:
+        return cls(tasks, mode=settings.mode, data_dir=settings.data_dir, batch_size=settings.batch_size)
+
+    @classmethod
+    def expand(cls, name: str, settings: EvaluationSettings) -> list[str]:
+        if name == cls.family and settings.mode == "dev":
+            return list(SPLIT_FILES)  # STS12-16 have no dev sets: STS-B dev and SICK-R trial
+        return super().expand(name, settings)
 
     def __init__(
         self,
@@ -201,10 +213,6 @@ class STSEvaluator:
         texts = {text for subsets in self.data.values() for s in subsets for text in (*s.first, *s.second)}
         self.sentences = sorted(texts)
         self._row = {text: row for row, text in enumerate(self.sentences)}
-
-    def evaluate(self, model: Encoder) -> dict[str, float]:
-        table = model.encode(self.sentences, batch_size=self.batch_size)  # (S, H)
-        return self.score(table)
 
     def score(self, table: np.ndarray) -> dict[str, float]:
         """Metrics from embeddings of ``self.sentences`` (row i embeds sentence i)."""
@@ -230,6 +238,22 @@ class STSEvaluator:
             similarity = np.concatenate([self._similarities(table, subset) for subset in subsets])  # (N,)
             pairs[task] = (similarity, np.concatenate([subset.gold for subset in subsets]))
         return pairs
+
+    def format_table(self, metrics: dict[str, float]) -> str:
+        """Tasks × metrics (Spearman first: the number SimCSE's tables report), then the average."""
+        header = f"{'task':<8} {'spearman':>9} {'pearson':>8} {'sp.mean':>8} {'sp.wmean':>9} {'pairs':>6}"
+        rows = [header, "-" * len(header)]
+        for task in self.tasks:
+            yearly = task in YEARLY_SUBSETS
+            mean = f"{metrics[f'{task}/spearman_mean']:8.2f}" if yearly else f"{'':8}"
+            wmean = f"{metrics[f'{task}/spearman_wmean']:9.2f}" if yearly else f"{'':9}"
+            rows.append(f"{TITLES[task]:<8} {metrics[task]:9.2f} {metrics[f'{task}/pearson']:8.2f} {mean} {wmean} "
+                        f"{int(metrics[f'{task}/pairs']):6d}")  # fmt: skip
+        rows.append(f"{'avg':<8} {metrics['avg']:9.2f}")
+        return "\n".join(rows)
+
+    def summary_rows(self) -> list[tuple[str, str, int]]:
+        return [(task, TITLES[task], 2) for task in self.tasks] + [("avg", "avg", 2)]
 
     def _similarities(self, table: np.ndarray, subset: ScoredPairs) -> np.ndarray:
         first = table[[self._row[text] for text in subset.first]]  # (N, H)

@@ -1,7 +1,11 @@
-"""Encoders: a Hugging Face backbone, a pooler, an optional head, and sentence-transformers I/O."""
+"""Encoders: a Hugging Face backbone, a pooler, an optional head, output modules, and sentence-transformers I/O."""
 
-from csekit.models.encoder import MLPHead, SentenceEncoder
-from csekit.models.io import load_encoder, save_encoder
-from csekit.models.pooling import POOLERS
+from csekit.models.encoder import SentenceEncoder
+from csekit.models.loading import load_encoder
+from csekit.models.modules import AffineMap, MLPHead
+from csekit.models.pooling import POOLERS, Pooler, register_pooler
+from csekit.models.prompt import MaskPooler
+from csekit.models.saving import save_encoder
 
-__all__ = ["POOLERS", "MLPHead", "SentenceEncoder", "load_encoder", "save_encoder"]
+__all__ = ["POOLERS", "AffineMap", "MLPHead", "MaskPooler", "Pooler", "SentenceEncoder", "load_encoder",
+           "register_pooler", "save_encoder"]

@@ -1,17 +1,25 @@
-"""SentenceEncoder: a Hugging Face encoder + a pooler (+ an optional MLP head).
+"""SentenceEncoder: a Hugging Face backbone + a pooler (+ an optional head) + output modules.
 
-The head is SimCSE's ``MLPLayer`` (dense + tanh over the [CLS] state, Gao et al. 2021, Sec. 3).
-With ``head_at_inference=False`` it is used only while training (SimCSE's ``mlp_only_train``,
-the setting of unsupervised SimCSE) and dropped when the model is saved.
+    text -> pooler.tokenize -> backbone -> pooler -> [head] -> [output modules] -> [normalize]
 
-The ``mask`` poolers wrap each sentence in a prompt template at tokenization and pool the [MASK]
-token's state (PromptBERT, see :mod:`csekit.models.prompt`).
+- the pooler (:mod:`csekit.models.pooling`) reads the backbone's outputs; prompt poolers also decide
+  how a sentence becomes token ids;
+- the head is SimCSE's ``MLPLayer`` (dense + tanh over the [CLS] state, Gao et al. 2021, Sec. 3) for the
+  ``cls`` pooler, or an objective's own training head (DiffCSE's projector). With
+  ``head_at_inference=False`` it is used only while training (SimCSE's ``mlp_only_train``, the setting of
+  unsupervised SimCSE) and dropped when the model is saved;
+- output modules are fitted or learned maps after the head (BERT-whitening's :class:`AffineMap`);
+- ``normalize`` makes ``encode`` return unit rows (a saved ``Normalize`` module).
+
+The stages change only through :meth:`SentenceEncoder.set_pooler`, :meth:`set_head` and
+:meth:`set_outputs`, which keep them consistent (a head only where the pooler takes one; the attention
+implementation a pooler needs).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -23,23 +31,12 @@ from transformers.utils import logging as hf_logging
 
 from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError
-from csekit.models.pooling import NEEDS_HIDDEN_STATES, PROMPT_POOLERS, check_pooler, pool
-from csekit.models.prompt import DEFAULT_TEMPLATE, Prompt
+from csekit.models.modules import MLPHead
+from csekit.models.pooling import Pooler, build_pooler, check_pooler
+from csekit.models.saving import save_encoder
 
 #: encode() shows a progress bar by default only when there are more sentences than this.
 PROGRESS_THRESHOLD = 10_000
-
-
-class MLPHead(nn.Module):
-    """Dense + tanh, the shape of BERT's pooler and SimCSE's ``MLPLayer``."""
-
-    def __init__(self, hidden_size: int):
-        super().__init__()
-        self.dense = nn.Linear(hidden_size, hidden_size)
-        self.activation = nn.Tanh()
-
-    def forward(self, features: Tensor) -> Tensor:
-        return self.activation(self.dense(features))
 
 
 class SentenceEncoder(nn.Module):
@@ -54,36 +51,23 @@ class SentenceEncoder(nn.Module):
         backbone: PreTrainedModel,
         tokenizer: PreTrainedTokenizerBase,
         *,
-        pooler: str = "cls",
-        head: MLPHead | None = None,
+        pooler: str | Pooler = "cls",
+        head: nn.Module | None = None,
         head_at_inference: bool = True,
         max_length: int | None = None,
         normalize: bool = False,
-        prompt: Prompt | None = None,
+        outputs: Sequence[nn.Module] = (),
     ):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
-        self.pooler = check_pooler(pooler)
-        if pooler == "cls" and head is None:
-            head = MLPHead(backbone.config.hidden_size)
-            _init_like_backbone(head, backbone)
-        if pooler != "cls" and head is not None:
-            raise ValueError(f"an MLP head goes with the 'cls' pooler, not {pooler!r}")
-        if pooler in PROMPT_POOLERS and prompt is None:
-            prompt = Prompt.from_template(DEFAULT_TEMPLATE, tokenizer)
-        if pooler not in PROMPT_POOLERS and prompt is not None:
-            raise ValueError(f"a prompt goes with the {' and '.join(sorted(PROMPT_POOLERS))} poolers, not {pooler!r}")
-        #: The template around each sentence for the mask poolers (csekit.models.prompt), else None.
-        self.prompt = prompt
-        self.head = head
+        self.pooler: Pooler = nn.Identity()  # set_pooler puts the real one here (and checks it)
+        self.head: nn.Module | None = None
+        self.set_pooler(pooler, head=head)
         self.head_at_inference = head_at_inference
+        self.outputs = nn.ModuleList(outputs)
         self.max_length = max_length or _default_max_length(backbone, tokenizer)
         self.normalize = normalize
-        #: Set by csekit.postprocess: a module that pools in place of ``pooler`` (layer means, Ditto), whose
-        #: name ``pooler`` then holds; and a fitted affine map after pooling and head (BERT-whitening).
-        self.token_pooler: nn.Module | None = None
-        self.whitening: nn.Linear | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -92,37 +76,90 @@ class SentenceEncoder(nn.Module):
         name_or_path: str,
         *,
         pooler: str = "cls",
+        pooler_settings: dict | None = None,
         head_at_inference: bool = True,
         max_length: int | None = None,
+        pretrained_head: bool = True,
         **hf_kwargs,
     ) -> SentenceEncoder:
-        """Wrap a Hugging Face encoder (a local folder or a hub id).
+        """Wrap a Hugging Face encoder (a local folder or a hub id); ``pooler_settings`` as the pooler's
+        ``config()`` returns them (a prompt's template), its defaults when None.
 
-        For ``pooler="cls"`` the head starts from the checkpoint's own pooler (BERT's dense + tanh,
-        what SimCSE's evaluation calls ``cls`` for a raw model) when the checkpoint has one, and from
-        a fresh initialisation otherwise.
+        For ``pooler="cls"`` the head starts from the checkpoint's own pooler (BERT's dense + tanh, what
+        SimCSE's evaluation calls ``cls`` for a raw model) when the checkpoint has one and
+        ``pretrained_head`` is set, and from a fresh initialisation otherwise (SimCSE's training).
         """
         check_model_reference(name_or_path)
-        check_pooler(pooler)
+        if isinstance(pooler, str):
+            check_pooler(pooler)  # before the download
         try:
-            with _quiet_transformers():
+            with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(name_or_path)
                 backbone, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **hf_kwargs)
         except OSError as error:
-            raise CsekitError(f"cannot load model {name_or_path!r}: {_first_line(error)}") from None
+            raise CsekitError(f"cannot load model {name_or_path!r}: {first_line(error)}") from None
         pretrained_pooler = _detach_pooler(backbone, info)
-        head = None  # __init__ gives the ``cls`` pooler a fresh head when none is pretrained
-        if pooler == "cls" and pretrained_pooler is not None:
+        if isinstance(pooler, str):
+            pooler = build_pooler(pooler, config=backbone.config, tokenizer=tokenizer, settings=pooler_settings)
+        head = None  # set_pooler gives a pooler that wants a head a fresh one
+        if pooler.wants_head and pretrained_head and pretrained_pooler is not None:
             head = MLPHead(backbone.config.hidden_size)
             head.dense.load_state_dict(pretrained_pooler.dense.state_dict())
-        return cls(
-            backbone,
-            tokenizer,
-            pooler=pooler,
-            head=head,
-            head_at_inference=head_at_inference,
-            max_length=max_length,
-        )
+        return cls(backbone, tokenizer, pooler=pooler, head=head, head_at_inference=head_at_inference,
+                   max_length=max_length)  # fmt: skip
+
+    # ------------------------------------------------------------------ stages
+    def set_pooler(self, pooler: str | Pooler, *, head: nn.Module | None = None) -> SentenceEncoder:
+        """Pool with ``pooler`` (a registered name or a Pooler) from now on.
+
+        A pooler that takes a head gets ``head``, or the one the encoder has, or a fresh MLP head; any
+        other pooler drops the head (``head`` must then be None). A pooler that reads attention weights
+        switches the backbone to the eager attention implementation, the only one that returns them.
+        """
+        config = self.backbone.config
+        if isinstance(pooler, str):
+            pooler = build_pooler(pooler, config=config, tokenizer=self.tokenizer)
+        else:
+            pooler.check(config)
+        if head is not None and not pooler.wants_head:
+            raise CsekitError(f"a head goes with the cls pooler, not {pooler.name!r}")
+        if pooler.needs_attentions and getattr(config, "_attn_implementation", "eager") != "eager":
+            try:
+                self.backbone.set_attn_implementation("eager")
+            except (AttributeError, ValueError) as error:
+                raise CsekitError(f"pooler {pooler.name!r} needs attention weights, which this model cannot "
+                                  f"return: {error}") from None  # fmt: skip
+        device = next(self.backbone.parameters()).device
+        self.pooler = pooler.to(device)
+        if pooler.wants_head:
+            if head is None:
+                head = self.head
+            if head is None:
+                std = getattr(config, "initializer_range", 0.02)  # as BERT initialises a new layer
+                head = MLPHead(config.hidden_size).reset_parameters(std)
+            self.head = head.to(device)
+        else:
+            self.head = None
+        return self
+
+    def set_head(self, head: nn.Module, *, at_inference: bool) -> SentenceEncoder:
+        """Replace the pooler's head (an objective's training head, e.g. DiffCSE's projector)."""
+        if not self.pooler.wants_head:
+            raise CsekitError(f"a head goes with the cls pooler, not {self.pooler.name!r}")
+        self.head = head.to(next(self.backbone.parameters()).device)
+        self.head_at_inference = at_inference
+        return self
+
+    def set_outputs(self, modules: Sequence[nn.Module]) -> SentenceEncoder:
+        """The output modules after the head, in order (e.g. a fitted whitening map)."""
+        device = next(self.backbone.parameters()).device
+        self.outputs = nn.ModuleList([module.to(device) for module in modules])
+        return self
+
+    @property
+    def uses_head(self) -> bool:
+        """Whether the head runs now: always in training, at inference only if it is kept."""
+        return self.head is not None and (self.training or self.head_at_inference)
 
     # ------------------------------------------------------------------ training path
     def forward(self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None) -> Tensor:
@@ -130,39 +167,27 @@ class SentenceEncoder(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        custom = self.token_pooler
-        outputs = self.backbone(
-            **inputs,
-            output_hidden_states=self.pooler in NEEDS_HIDDEN_STATES or getattr(custom, "needs_hidden_states", False),
-            output_attentions=getattr(custom, "needs_attentions", False),
-            return_dict=True,
-        )
-        if custom is not None:
-            embeddings = custom(outputs, attention_mask)
-        elif self.prompt is not None:  # the template's [MASK] state, minus the template alone's if denoised
-            embeddings = self.prompt.pool(self.backbone, outputs.last_hidden_state, input_ids, attention_mask,
-                                          denoise=self.pooler == "mask_denoised")  # fmt: skip
-        else:
-            embeddings = pool(self.pooler, outputs.last_hidden_state, outputs.hidden_states, attention_mask)
-        if self.head is not None and (self.training or self.head_at_inference):
+        outputs = self.backbone(**inputs, output_hidden_states=self.pooler.needs_hidden_states,
+                                output_attentions=self.pooler.needs_attentions, return_dict=True)  # fmt: skip
+        embeddings = self.pooler(outputs, inputs, self.backbone)  # (B, H)
+        if self.uses_head:
             embeddings = self.head(embeddings)
-        if self.whitening is not None:
-            embeddings = self.whitening(embeddings)  # (B, H) -> (B, k)
-        return embeddings  # (B, H), or (B, k) when whitened
+        for module in self.outputs:
+            embeddings = module(embeddings)  # (B, H) -> (B, k)
+        return embeddings
 
     def tokenize(self, texts: Sequence[str], *, max_length: int | None = None) -> dict[str, list[list[int]]]:
-        """Unpadded token ids (and masks) for each text, truncated to ``max_length``."""
-        if self.prompt is not None:  # wrapped in the template; truncation cuts the sentence only
-            return self.prompt.tokenize(self.tokenizer, texts, max_length=max_length or self.max_length,
-                                        fields=self.model_input_names)  # fmt: skip
-        encoded = self.tokenizer(
-            list(texts), truncation=True, max_length=max_length or self.max_length, padding=False
-        )
-        return {key: encoded[key] for key in self.model_input_names if key in encoded}
+        """Unpadded token ids (and masks) for each text, truncated to ``max_length``, as the pooler reads them."""
+        return self.pooler.tokenize(self.tokenizer, texts, max_length=max_length or self.max_length,
+                                    fields=self.model_input_names)  # fmt: skip
 
     @property
     def model_input_names(self) -> list[str]:
         return [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in self.tokenizer.model_input_names]
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.tokenizer.pad_token_id or 0
 
     # ------------------------------------------------------------------ inference path
     @torch.inference_mode()
@@ -185,9 +210,8 @@ class SentenceEncoder(nn.Module):
         normalize = self.normalize if normalize is None else normalize
         if len(texts) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        tokens = self.tokenize(texts, max_length=max_length)
+        tokens = self.tokenize(self.pooler.inference_texts(texts), max_length=max_length)
         order = sorted(range(len(texts)), key=lambda i: -len(tokens["input_ids"][i]))
-        pad_id = self.tokenizer.pad_token_id or 0
         show_progress = len(texts) > PROGRESS_THRESHOLD if show_progress is None else show_progress
         was_training = self.training
         self.eval()
@@ -197,7 +221,7 @@ class SentenceEncoder(nn.Module):
             starts = range(0, len(order), batch_size)
             for start in tqdm(starts, desc="encode", disable=not show_progress, unit="batch"):
                 indices = order[start : start + batch_size]
-                batch = pad_batch([{key: tokens[key][i] for key in tokens} for i in indices], pad_id)
+                batch = pad_batch([{key: tokens[key][i] for key in tokens} for i in indices], self.pad_token_id)
                 embeddings = self(**{key: value.to(device) for key, value in batch.items()}).float()
                 if normalize:
                     embeddings = nn.functional.normalize(embeddings, dim=-1)
@@ -213,12 +237,13 @@ class SentenceEncoder(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
-        return self.whitening.out_features if self.whitening is not None else self.backbone.config.hidden_size
+        dim = self.backbone.config.hidden_size
+        for module in self.outputs:
+            dim = getattr(module, "out_features", dim)
+        return dim
 
     def save(self, path: str | os.PathLike) -> None:
-        """Save as a sentence-transformers folder (see :mod:`csekit.models.io`)."""
-        from csekit.models.io import save_encoder
-
+        """Save as a sentence-transformers folder (see :mod:`csekit.models.saving`)."""
         save_encoder(self, path)
 
 
@@ -247,14 +272,6 @@ def _detach_pooler(backbone: PreTrainedModel, loading_info: dict) -> nn.Module |
     return pretrained_pooler
 
 
-def _init_like_backbone(module: nn.Module, backbone: PreTrainedModel) -> None:
-    std = getattr(backbone.config, "initializer_range", 0.02)
-    for layer in module.modules():
-        if isinstance(layer, nn.Linear):
-            nn.init.normal_(layer.weight, mean=0.0, std=std)
-            nn.init.zeros_(layer.bias)
-
-
 def _default_max_length(backbone: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> int:
     limits = [getattr(backbone.config, "max_position_embeddings", 512), 512]
     if tokenizer.model_max_length and tokenizer.model_max_length < 100_000:
@@ -263,7 +280,7 @@ def _default_max_length(backbone: PreTrainedModel, tokenizer: PreTrainedTokenize
 
 
 @contextmanager
-def _quiet_transformers():
+def quiet_transformers() -> Iterator[None]:
     """Hide the load report: an MLM checkpoint loaded as an encoder always has unused head weights."""
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
@@ -275,6 +292,6 @@ def _quiet_transformers():
         hf_logging.enable_progress_bar()
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

@@ -24,17 +24,23 @@ One deliberate difference: for models whose positions start after a padding inde
 template pass starts its positions there too, as the filled row does; the reference counts from 0
 for every model (the same for BERT).
 
-Sentence-transformers has no stock module that wraps a sentence in a template or pools at the
-[MASK] token, so a saved prompt model names :class:`MaskTokenPooling` in its ``modules.json``:
-sentence-transformers refuses the folder with a message pointing to :func:`csekit.load_encoder`
-rather than loading it as something else and silently computing other embeddings.
+Inference follows the reference's test protocol (``evaluation.py``'s batcher): a sentence that does not
+end in one of ``.?"'`` gets a period before it fills the template (``end_with_period``, on by default;
+the reference's training data and its dev evaluation during training leave sentences as they are, and
+so does csekit's training data, while every ``encode`` call, the trainer's dev evaluation included,
+follows the test protocol, so a saved model is evaluated the way it was selected).
+
+No stock sentence-transformers module wraps a sentence in a template or pools at its [MASK] token,
+so a saved prompt model names csekit's input module (:mod:`csekit.models.st_module`) in its
+``modules.json``: ``SentenceTransformer(path, trust_remote_code=True)`` computes the same embeddings
+wherever csekit is installed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -42,7 +48,7 @@ from transformers import PreTrainedTokenizerBase
 
 from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError
-from csekit.models.pooling import pool
+from csekit.models.pooling import Pooler, masked_mean, register_pooler
 
 SENTENCE, MASK = "[X]", "[MASK]"
 #: The paper's best manual template for BERT (Sec. 4.2, manual search; reference ``run.sh bert-prompt``).
@@ -128,7 +134,8 @@ class Prompt:
         self, backbone: nn.Module, last_hidden: Tensor, input_ids: Tensor, attention_mask: Tensor, *, denoise: bool
     ) -> Tensor:
         """(B, T, H) last layer of wrapped rows -> (B, H) [MASK] states, minus the template's if ``denoise``."""
-        embeddings = pool("mask", last_hidden, None, self.mask_positions(input_ids))  # (B, H)
+        # One [MASK] per row, so the masked mean is that token's state exactly (x * 1 + 0 + ... = x).
+        embeddings = masked_mean(last_hidden, self.mask_positions(input_ids))  # (B, H)
         if denoise:
             embeddings = embeddings - self.template_states(backbone, self.sentence_lengths(attention_mask))
         return embeddings
@@ -149,22 +156,56 @@ class Prompt:
         return last_hidden[:, mask_column][row_of]  # (K, H) -> (B, H)
 
 
-class MaskTokenPooling:
-    """Named by a saved prompt model's ``modules.json`` so that sentence-transformers refuses it clearly.
+#: The end of a sentence that PromptBERT's test protocol leaves as it is (else it appends a period).
+SENTENCE_ENDS = ".?\"'"
 
-    No stock sentence-transformers module wraps a sentence in a template or pools at its [MASK]
-    token; loading such a folder as Transformer + Pooling would silently compute other embeddings.
-    """
 
-    MESSAGE = ("this model embeds each sentence as the [MASK] state of a prompt template, which "
-               "sentence-transformers modules cannot express; load it with csekit.load_encoder(path)")  # fmt: skip
+@register_pooler
+class MaskPooler(Pooler):
+    """The [MASK] state of a template around the sentence (``template``); ``end_with_period``: the test
+    protocol's period at inference."""
 
-    def __init__(self, *args: Any, **kwargs: Any):
-        raise CsekitError(self.MESSAGE)
+    name = "mask"
+    #: Subtract the template's own [MASK] state (``mask_denoised``).
+    denoise: ClassVar[bool] = False
+
+    def __init__(self, prompt: Prompt, *, end_with_period: bool = True):
+        super().__init__()
+        self.prompt = prompt
+        self.end_with_period = bool(end_with_period)
 
     @classmethod
-    def load(cls, *args: Any, **kwargs: Any) -> MaskTokenPooling:
-        raise CsekitError(cls.MESSAGE)
+    def create(cls, settings, *, config, tokenizer) -> MaskPooler:
+        settings = dict(settings)
+        template = settings.pop("template", DEFAULT_TEMPLATE)
+        unknown = sorted(set(settings) - {"end_with_period"})
+        if unknown:
+            raise CsekitError(f"pooler {cls.name!r} has no setting(s) {', '.join(unknown)}; it takes template, "
+                              "end_with_period")  # fmt: skip
+        return cls(Prompt.from_template(template, tokenizer), **settings)
+
+    def config(self) -> dict[str, Any]:
+        return {**self.prompt.to_dict(), "end_with_period": self.end_with_period}
+
+    def tokenize(self, tokenizer, texts, *, max_length, fields):
+        return self.prompt.tokenize(tokenizer, texts, max_length=max_length, fields=fields)
+
+    def inference_texts(self, texts: Sequence[str]) -> list[str]:
+        if not self.end_with_period:
+            return list(texts)
+        return [text if not text or text[-1] in SENTENCE_ENDS else text + "." for text in texts]
+
+    def forward(self, outputs, inputs, backbone: nn.Module) -> Tensor:
+        return self.prompt.pool(backbone, outputs.last_hidden_state, inputs["input_ids"], inputs["attention_mask"],
+                                denoise=self.denoise)  # fmt: skip
+
+
+@register_pooler
+class DenoisedMaskPooler(MaskPooler):
+    """The [MASK] state minus the template's own (PromptBERT's template denoising)."""
+
+    name = "mask_denoised"
+    denoise = True
 
 
 def _tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:

@@ -1,20 +1,23 @@
-"""Training objectives: one file per method, one registry for the CLI."""
+"""Training objectives: one file per method, one registry for the CLI, wrappers that add to any of them."""
 
 from __future__ import annotations
 
-import inspect
+from collections.abc import Mapping
 from typing import Any
 
 from csekit.errors import CsekitError
 from csekit.models.encoder import SentenceEncoder
-from csekit.objectives.base import Batch, Objective
+from csekit.objectives.base import Batch, Embeddings, Objective, ObjectiveWrapper, RunContext
 from csekit.objectives.clear import CLEAR
 from csekit.objectives.consert import ConSERT
 from csekit.objectives.dclr import DCLR
 from csekit.objectives.debcse import DebCSE
 from csekit.objectives.diffcse import DiffCSE
 from csekit.objectives.esimcse import ESimCSE
+from csekit.objectives.frozen import FrozenHelper
 from csekit.objectives.gcse import GCSE
+from csekit.objectives.mlm import MaskedLMAuxiliary
+from csekit.objectives.options import check_options
 from csekit.objectives.promptbert import PromptBERT
 from csekit.objectives.simcse import SupervisedSimCSE, UnsupervisedSimCSE
 
@@ -31,26 +34,52 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "diffcse": DiffCSE,
     "promptbert": PromptBERT,
 }
+#: Recipe name (``wrappers:``) -> wrapper class, applied in the order a recipe lists them.
+WRAPPERS: dict[str, type[ObjectiveWrapper]] = {
+    "mlm": MaskedLMAuxiliary,
+}
+
+
+def objective_class(name: str) -> type[Objective]:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise CsekitError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}") from None
+
+
+def wrapper_class(name: str) -> type[ObjectiveWrapper]:
+    try:
+        return WRAPPERS[name]
+    except KeyError:
+        raise CsekitError(f"unknown wrapper {name!r}; choose one of {', '.join(WRAPPERS)}") from None
+
+
+def check_recipe_options(name: str, options: Mapping[str, Any], wrappers: Mapping[str, Mapping[str, Any]]) -> None:
+    """Bind an objective's options and each wrapper's to their signatures (no model needed)."""
+    check_options(objective_class(name), options, owner=f"objective {name!r}")
+    for wrapper, settings in wrappers.items():
+        check_options(wrapper_class(wrapper), settings or {}, owner=f"wrapper {wrapper!r}")
 
 
 def build_objective(
-    name: str, encoder: SentenceEncoder, *, options: dict[str, Any] | None = None, **shared: Any
+    name: str,
+    encoder: SentenceEncoder,
+    *,
+    options: Mapping[str, Any] | None = None,
+    context: RunContext | None = None,
+    wrappers: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Objective:
-    """Instantiate ``name``.
-
-    ``shared`` are recipe-wide keys (temperature, model, ...): each objective takes the ones its
-    constructor accepts. ``options`` are meant for this objective alone, so an unknown one is an error.
-    """
-    try:
-        cls = OBJECTIVES[name]
-    except KeyError:
-        raise CsekitError(f"unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}") from None
-    accepted = [key for key in inspect.signature(cls.__init__).parameters if key not in ("self", "encoder")]
-    unknown = sorted(set(options or {}) - set(accepted))
-    if unknown:
-        raise CsekitError(f"objective {name!r} has no option(s) {', '.join(unknown)}; it accepts {', '.join(accepted)}")
-    kwargs = {key: value for key, value in shared.items() if key in accepted}
-    return cls(encoder, **kwargs, **(options or {}))
+    """``name`` with ``options``, wrapped by each of ``wrappers`` in order, for ``encoder`` in ``context``
+    (default: the encoder's max length, batch 64, one process)."""
+    context = context or RunContext(max_length=encoder.max_length)
+    cls = objective_class(name)
+    objective = cls(encoder, context, **check_options(cls, options or {}, owner=f"objective {name!r}"))
+    for wrapper, settings in (wrappers or {}).items():
+        wrapper_cls = wrapper_class(wrapper)
+        objective = wrapper_cls(objective, encoder, context,
+                                **check_options(wrapper_cls, settings or {}, owner=f"wrapper {wrapper!r}"))  # fmt: skip
+    return objective
 
 
-__all__ = ["OBJECTIVES", "Batch", "Objective", "build_objective"]
+__all__ = ["OBJECTIVES", "WRAPPERS", "Batch", "Embeddings", "FrozenHelper", "Objective", "ObjectiveWrapper",
+           "RunContext", "build_objective", "check_recipe_options"]  # fmt: skip

@@ -7,11 +7,12 @@ arXiv:2012.15466).
 - Loss (Sec. 3.1, SimCLR's NT-Xent): over the ``2N`` views of a batch of ``N`` sentences, each view
   is pulled towards the other view of its sentence and pushed from the ``2N - 2`` other views,
   ``l(i, j) = -log exp(sim(z_i, z_j) / t) / sum_{k != i} exp(sim(z_i, z_k) / t)``, averaged over
-  all ``2N`` views (:func:`nt_xent`). ``z`` is the projection head's output (the ``cls`` pooler's
-  MLP head, kept for training only with ``mlp_only_train``).
+  all ``2N`` views (:func:`csekit.losses.nt_xent`, ``reduction="mean"``). ``z`` is the projection
+  head's output (the ``cls`` pooler's MLP head, kept for training only with ``mlp_only_train``).
 - MLM (Sec. 3.1, ``L = L_MLM + L_CL``): the paper pre-trains from scratch with both terms; here the
-  masked-LM term is ``mlm_weight`` times the loss on a masked copy of the original sentences
-  (the recipes set 1.0; 0 trains the contrastive term alone).
+  masked-LM term is the ``mlm`` wrapper (:mod:`csekit.objectives.mlm`), which masks a copy of the
+  original sentence for each of the two views (``wrappers: {mlm: {weight: 1.0}}`` in the BERT-base
+  recipe; without it the contrastive term trains alone).
 
 Batches hold token ids, so views are made in text: each sentence is decoded (special tokens
 dropped), its whitespace-separated words are augmented, and the views are tokenized again
@@ -28,45 +29,28 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import ClassVar
 
-import torch
 from torch import Tensor
 
 from csekit.augment.text import SentenceAugmenter, python_rng
 from csekit.augment.wordnet import WordNet
 from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError
-from csekit.losses import info_nce
+from csekit.losses import nt_xent
 from csekit.models.encoder import SentenceEncoder
-from csekit.objectives.base import Batch, Objective
-from csekit.objectives.mlm import MaskedLMHead
+from csekit.objectives.base import Batch, Embeddings, Objective, RunContext
 
 PLACEHOLDERS = ("mask", "none")
 
 
-def nt_xent(first: Tensor, second: Tensor, temperature: float = 0.05) -> Tensor:
-    """NT-Xent over the 2N views (SimCLR; CLEAR Sec. 3.1): mean over all 2N anchors.
-
-    first, second: (N, H), row i of each a view of sentence i. Every view is an anchor; its
-    candidates are all 2N views but itself (masked by a zero weight), its positive the other view.
-    """
-    size = first.shape[0]
-    anchors = torch.cat([first, second])  # (2N, H)
-    candidates = torch.cat([second, first])  # (2N, H): candidates[i] is the positive of anchors[i]
-    weights = torch.ones(2 * size, 2 * size, device=first.device, dtype=first.dtype)  # (2N, 2N)
-    rows = torch.arange(size, device=first.device)
-    weights[rows, size + rows] = 0.0  # anchor i (first view) meets itself at candidates[N + i]
-    weights[size + rows, rows] = 0.0  # anchor N + i (second view) meets itself at candidates[i]
-    return info_nce(anchors, candidates, temperature, weights=weights)
-
-
 class CLEAR(Objective):
     columns: ClassVar[tuple[str, ...]] = ("sent0",)
+    views: ClassVar[tuple[str, ...]] = ("sent0", "sent0")
+    sentence_keys: ClassVar[tuple[str, ...]] = ("view1", "view2")
 
-    def __init__(self, encoder: SentenceEncoder, *, temperature: float = 0.05,
+    def __init__(self, encoder: SentenceEncoder, context: RunContext, *, temperature: float = 0.05,
                  augmentations: Sequence[str] = ("substitution", "span_deletion"), deletion_ratio: float = 0.7,
                  reorder_ratio: float = 0.3, substitution_ratio: float = 0.3, deletion_placeholder: str = "mask",
-                 wordnet_dir: str | None = None, max_length: int | None = None, mlm_weight: float = 0.0,
-                 mlm_probability: float = 0.15, model: str = ""):  # fmt: skip
+                 wordnet_dir: str | None = None):  # fmt: skip
         super().__init__()
         if isinstance(augmentations, str):
             augmentations = [augmentations]
@@ -82,33 +66,24 @@ class CLEAR(Objective):
                                            reorder_ratio=reorder_ratio, substitution_ratio=substitution_ratio,
                                            placeholder=placeholder, synonyms=synonyms)  # fmt: skip
         self.temperature = temperature
-        self.max_length = max_length
-        self.mlm_weight = mlm_weight
-        self.mlm = MaskedLMHead.from_pretrained(model, encoder, probability=mlm_probability) if mlm_weight else None
+        self.max_length = context.max_length  # the augmented views are tokenized again, as the data was
 
-    def views(self, encoder: SentenceEncoder, sentences: dict[str, Tensor]) -> dict[str, Tensor]:
+    def augmented_views(self, encoder: SentenceEncoder, sentences: dict[str, Tensor]) -> dict[str, Tensor]:
         """(B, T) token ids -> (2B, T') tokens of two augmented views: rows 0..B-1, then B..2B-1."""
         lengths = sentences["attention_mask"].sum(dim=1).tolist()  # right padding: real tokens first
         ids = [row[:length] for row, length in zip(sentences["input_ids"].tolist(), lengths)]
         texts = encoder.tokenizer.batch_decode(ids, skip_special_tokens=True)
         rng = python_rng()  # one draw from torch's global CPU generator seeds the whole batch
         augmented = [self.augmenter(text, rng) for text in texts] + [self.augmenter(text, rng) for text in texts]
-        tokens = encoder.tokenize(augmented, max_length=self.max_length or encoder.max_length)
+        tokens = encoder.tokenize(augmented, max_length=self.max_length)
         rows = [{key: tokens[key][i] for key in tokens} for i in range(len(augmented))]
-        padded = pad_batch(rows, encoder.tokenizer.pad_token_id or 0)  # (2B, T')
+        padded = pad_batch(rows, encoder.pad_token_id)  # (2B, T')
         return {key: value.to(sentences["input_ids"].device) for key, value in padded.items()}
 
-    def embed(self, encoder: SentenceEncoder, batch: Batch) -> dict[str, Tensor]:
-        sentences = batch["sent0"]
-        size = sentences["input_ids"].shape[0]
-        outputs = encoder(**self.views(encoder, sentences))  # (2B, H): both views in one pass
-        embeddings = {"view1": outputs[:size], "view2": outputs[size:]}
-        if self.mlm is not None:
-            embeddings.update(self.mlm.per_example_loss(encoder, sentences))
-        return embeddings
+    def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
+        size = batch["sent0"]["input_ids"].shape[0]
+        outputs = encoder(**self.augmented_views(encoder, batch["sent0"]))  # (2B, H): both views in one pass
+        return {"view1": outputs[:size], "view2": outputs[size:]}
 
-    def loss(self, embeddings: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        terms = {"contrastive": nt_xent(embeddings["view1"], embeddings["view2"], self.temperature)}
-        if self.mlm is not None:
-            terms["mlm"] = self.mlm_weight * MaskedLMHead.reduce(embeddings)
-        return terms
+    def loss(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
+        return {"contrastive": nt_xent(embeddings["view1"], embeddings["view2"], self.temperature, reduction="mean")}

@@ -7,7 +7,7 @@ Representation Transfer").
   pair for unsupervised STS is token shuffle + feature cutoff (Sec. 5, the effect of augmentation
   strategies; ``scripts/unsup-consert-base.sh`` runs ``--da_final_1 feature_cutoff --da_final_2 shuffle``).
 - NT-Xent over the 2B views (Sec. 3.1, Eq. 1; :func:`csekit.losses.nt_xent`), temperature 0.1, the
-  two directions summed as the reference does, times ``loss_weight``: the reference's ``--cl_rate``
+  two directions summed as the reference does (``reduction="sum_of_directions"``), times ``loss_weight``: the reference's ``--cl_rate``
   0.15 scales the contrastive loss even when it is the only term (``cl_loss_only``). With Adam only
   gradient clipping and Adam's epsilon see that factor.
 - The sentence is the mean of the last layer's token states (the reference's ``Pooling`` with
@@ -24,7 +24,7 @@ token. As in the reference, that pass reuses the clean pass's embedding output (
 and the attack's gradient never reaches the weights. A ``none`` view next to it is that clean pass.
 Its gradient couples the rows of the batch inside ``embed``, so it does not run with the gradient cache.
 
-``temperature`` is a recipe-wide key whose default (0.05, SimCSE's) is not ConSERT's: set it to 0.1.
+``temperature`` is ConSERT's own option, 0.1 by default (the reference's).
 """
 
 from __future__ import annotations
@@ -47,15 +47,18 @@ from csekit.augment.embedding import (
 from csekit.errors import CsekitError
 from csekit.losses import nt_xent
 from csekit.models.encoder import SentenceEncoder
-from csekit.objectives.base import Batch, Objective
+from csekit.objectives.base import Batch, Embeddings, Objective, RunContext
 
 
 class ConSERT(Objective):
     columns: ClassVar[tuple[str, ...]] = ("sent0",)
+    views: ClassVar[tuple[str, ...]] = ("sent0", "sent0")
+    sentence_keys: ClassVar[tuple[str, ...]] = ("view1", "view2")
 
     def __init__(
         self,
         encoder: SentenceEncoder,
+        context: RunContext,
         *,
         temperature: float = 0.1,
         augmentations: Sequence[str] | str = ("feature_cutoff", "token_shuffle"),
@@ -84,7 +87,7 @@ class ConSERT(Objective):
         # The attack's gradient is taken on the batch (or chunk) that embed() sees.
         self.supports_grad_cache = "adversarial" not in self.augmentations
 
-    def embed(self, encoder: SentenceEncoder, batch: Batch) -> dict[str, Tensor]:
+    def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
         inputs = batch["sent0"]
         mask = inputs["attention_mask"]
         views: list[Tensor | None] = [None, None]
@@ -112,12 +115,12 @@ class ConSERT(Objective):
         with torch.enable_grad(), captured_embedding_output(encoder) as captured:
             clean = encoder(**inputs)  # (B, H)
             target = (clean if partner is None else partner).detach()
-            attack = nt_xent(target, clean, self.temperature, gather=False)
+            attack = nt_xent(target, clean, self.temperature, reduction="sum_of_directions", gather=False)
             # retain_graph: the clean pass's graph stays for the final backward (the perturbed view
             # and a ``none`` view go through it).
             (gradient,) = torch.autograd.grad(attack, captured[0], retain_graph=True)  # (B, T, H)
         return clean, captured[0] + adversarial_perturbation(gradient, self.noise_norm)
 
-    def loss(self, embeddings: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        contrastive = nt_xent(embeddings["view1"], embeddings["view2"], self.temperature)
+    def loss(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
+        contrastive = nt_xent(embeddings["view1"], embeddings["view2"], self.temperature, reduction="sum_of_directions")
         return {"contrastive": self.loss_weight * contrastive}

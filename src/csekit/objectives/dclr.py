@@ -21,8 +21,8 @@ differs there: it multiplies the *logits* by the 0/1 weights (a screened negativ
 term) and takes a binary cross-entropy over the softmax outputs of all B + M columns; that is not
 reproduced, the paper's equation is.
 
-The complementary model (``complementary_model``): a path to a saved model with the training model's
-vocabulary, or ``""`` (default) for a frozen copy of the starting model. It runs in eval mode, one
+The complementary model (``complementary_model``): a path to a saved model (with its own tokenizer, if it
+has one), or ``""`` (default) for a frozen copy of the starting model. It runs in eval mode, one
 pass per sentence (the reference runs its fixed model with dropout on, two views). A raw pre-trained
 model is anisotropic (most pairs above 0.9), so give a trained sentence encoder, as the paper does.
 
@@ -42,8 +42,8 @@ from csekit.distributed import all_gather_with_grad, get_rank, get_world_size
 from csekit.errors import CsekitError
 from csekit.losses import cosine_similarity_matrix, info_nce
 from csekit.models.encoder import SentenceEncoder
-from csekit.objectives.base import Batch, Objective
-from csekit.objectives.frozen import embed_frozen, frozen_encoder
+from csekit.objectives.base import Batch, Embeddings, Objective, RunContext
+from csekit.objectives.frozen import FrozenHelper
 
 
 def false_negative_weights(complementary_anchors: Tensor, complementary_candidates: Tensor, phi: float, *,
@@ -77,8 +77,10 @@ def noise_negatives(anchors: Tensor, candidates: Tensor, *, count: int, steps: i
 
 class DCLR(Objective):
     columns: ClassVar[tuple[str, ...]] = ("sent0",)
+    views: ClassVar[tuple[str, ...]] = ("sent0", "sent0")
+    sentence_keys: ClassVar[tuple[str, ...]] = ("view1", "view2")
 
-    def __init__(self, encoder: SentenceEncoder, *, temperature: float = 0.05, phi: float = 0.9,
+    def __init__(self, encoder: SentenceEncoder, context: RunContext, *, temperature: float = 0.05, phi: float = 0.9,
                  noise_times: float = 1.0, noise_steps: int = 4, noise_step_size: float = 1e-3,
                  complementary_model: str = ""):  # fmt: skip
         super().__init__()
@@ -89,20 +91,17 @@ class DCLR(Objective):
         self.noise_times = noise_times
         self.noise_steps = noise_steps
         self.noise_step_size = noise_step_size
-        self.complementary = frozen_encoder(encoder, complementary_model, role="complementary_model")
+        self.complementary = FrozenHelper.encoder(encoder, complementary_model, role="complementary_model")
 
-    def frozen_modules(self) -> list[torch.nn.Module]:
-        return [self.complementary]
-
-    def embed(self, encoder: SentenceEncoder, batch: Batch) -> dict[str, Tensor]:
+    def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
         sentences = batch["sent0"]
         size = sentences["input_ids"].shape[0]
         twice = {key: torch.cat([value, value]) for key, value in sentences.items()}  # (2B, T)
         views = encoder(**twice)  # (2B, H): two dropout masks
-        complementary = embed_frozen(self.complementary, sentences)  # (B, H'), no dropout
+        complementary = self.complementary.embed(batch, "sent0")  # (B, H'), no dropout
         return {"view1": views[:size], "view2": views[size:], "complementary": complementary}
 
-    def loss(self, embeddings: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+    def loss(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
         anchors, positives = embeddings["view1"], embeddings["view2"]
         size, world_size = anchors.shape[0], get_world_size()
         offset = get_rank() * size

@@ -15,7 +15,8 @@ is ours (each an option where a number is involved):
 
 - Surface similarity of two token sequences (special tokens and padding left out): the mean of their
   length ratio ``min(n, m) / max(n, m)`` and the Jaccard overlap of their token-id sets; in [0, 1].
-- Semantic similarity: the cosine under a frozen ``semantic_model`` (a path of the same vocabulary;
+- Semantic similarity: the cosine under a frozen ``semantic_model`` (a path of the same vocabulary, since it
+  scores the augmented candidates' token ids;
   ``""``: a frozen copy of the starting model; a raw pre-trained model is anisotropic, so a trained
   sentence encoder is the sensible choice).
 - Propensity: the share of pairs whose surface similarity falls in the same of ``num_bins`` equal
@@ -40,15 +41,14 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 from torch.nn.functional import cosine_similarity
-from torch.nn.utils.rnn import pad_sequence
 
 from csekit.augment.repetition import repeat_tokens
-from csekit.data.collate import concat_fields
+from csekit.data.collate import concat_fields, pad_batch, pad_to
 from csekit.errors import CsekitError
 from csekit.losses import cosine_similarity_matrix, info_nce
 from csekit.models.encoder import SentenceEncoder
-from csekit.objectives.base import Batch, Objective
-from csekit.objectives.frozen import embed_frozen, frozen_encoder
+from csekit.objectives.base import Batch, Embeddings, Objective, RunContext
+from csekit.objectives.frozen import FrozenHelper
 
 
 def surface_similarity(ids_a: Tensor, ids_b: Tensor, *, ignore: list[int], vocab_size: int) -> Tensor:
@@ -100,7 +100,7 @@ def negative_weights(surface: Tensor, semantic: Tensor, *, num_bins: int, max_we
 
 def delete_tokens(tokens: dict[str, Tensor], *, rate: float, pad_token_id: int) -> dict[str, Tensor]:
     """Drop each inner token ([CLS]/[SEP] kept) with probability ``rate``, at least one kept; re-padded (B, T')."""
-    rows: dict[str, list[Tensor]] = {key: [] for key in tokens}
+    rows = []
     for row, length in enumerate(tokens["attention_mask"].sum(dim=1).tolist()):
         keep = torch.ones(length, dtype=torch.bool)
         if length > 2:
@@ -108,16 +108,17 @@ def delete_tokens(tokens: dict[str, Tensor], *, rate: float, pad_token_id: int) 
             keep[1:-1] = draws >= rate
             if not keep[1:-1].any():
                 keep[1 + int(draws.argmax())] = True
-        for key, value in tokens.items():
-            rows[key].append(value[row, :length][keep.to(value.device)])
-    return {key: pad_sequence(values, batch_first=True, padding_value=pad_token_id if key == "input_ids" else 0)
-            for key, values in rows.items()}  # fmt: skip
+        rows.append({key: value[row, :length][keep.to(value.device)].tolist() for key, value in tokens.items()})
+    padded = pad_batch(rows, pad_token_id)  # (B, T')
+    return {key: value.to(tokens["input_ids"].device) for key, value in padded.items()}
 
 
 class DebCSE(Objective):
     columns: ClassVar[tuple[str, ...]] = ("sent0",)
+    views: ClassVar[tuple[str, ...]] = ("sent0", "sent0")
+    sentence_keys: ClassVar[tuple[str, ...]] = ("anchors", "positives")
 
-    def __init__(self, encoder: SentenceEncoder, *, temperature: float = 0.05, phi: float = 0.9, num_bins: int = 10,
+    def __init__(self, encoder: SentenceEncoder, context: RunContext, *, temperature: float = 0.05, phi: float = 0.9, num_bins: int = 10,
                  max_weight: float = 10.0, dup_rate: float = 0.32, delete_rate: float = 0.1,
                  semantic_model: str = ""):  # fmt: skip
         super().__init__()
@@ -125,19 +126,17 @@ class DebCSE(Objective):
             raise CsekitError("debcse: num_bins must be >= 1, max_weight > 0 and delete_rate in [0, 1)")
         self.temperature, self.phi, self.num_bins, self.max_weight = temperature, phi, num_bins, max_weight
         self.dup_rate, self.delete_rate = dup_rate, delete_rate
-        self.semantic = frozen_encoder(encoder, semantic_model, role="semantic_model")
+        # It scores the augmented candidates' token ids, so it must read the student's vocabulary.
+        self.semantic = FrozenHelper.encoder(encoder, semantic_model, role="semantic_model", columns=None)
         self.ignore = sorted(set(encoder.tokenizer.all_special_ids))
         self.vocab_size = len(encoder.tokenizer)
 
-    def frozen_modules(self) -> list[torch.nn.Module]:
-        return [self.semantic]
-
-    def embed(self, encoder: SentenceEncoder, batch: Batch) -> dict[str, Tensor]:
+    def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
         tokens = batch["sent0"]
-        size, pad = tokens["input_ids"].shape[0], encoder.tokenizer.pad_token_id or 0
+        size, pad = tokens["input_ids"].shape[0], encoder.pad_token_id
         candidates = [tokens, repeat_tokens(tokens, dup_rate=self.dup_rate, pad_token_id=pad, max_length=encoder.max_length),
                       delete_tokens(tokens, rate=self.delete_rate, pad_token_id=pad)]  # fmt: skip
-        semantic = embed_frozen(self.semantic, concat_fields(candidates, pad)).split(size)  # K x (B, H')
+        semantic = self.semantic.embed_tokens(concat_fields(candidates, pad)).split(size)  # K x (B, H')
         scores = torch.stack([cosine_similarity(semantic[0], other, dim=-1) for other in semantic], dim=1)  # (B, K)
         surface = torch.stack([self._surface(tokens["input_ids"], c["input_ids"]).diagonal() for c in candidates], 1)
         choice = torch.multinomial(positive_probabilities(surface, scores, self.num_bins), 1).squeeze(1)  # (B,)
@@ -148,9 +147,9 @@ class DebCSE(Objective):
         width = max(encoder.max_length, chosen["input_ids"].shape[1])  # fixed, so cache chunks concatenate
         return {"anchors": views[:size], "positives": views[size:], "semantic_anchors": semantic[0],
                 "semantic_positives": torch.stack(semantic, dim=1)[rows, choice],  # (B, H')
-                "anchor_ids": _pad_to(tokens["input_ids"], width, pad), "positive_ids": _pad_to(chosen["input_ids"], width, pad)}  # fmt: skip
+                "anchor_ids": pad_to(tokens["input_ids"], width, pad), "positive_ids": pad_to(chosen["input_ids"], width, pad)}  # fmt: skip
 
-    def loss(self, embeddings: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+    def loss(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
         surface = self._surface(embeddings["anchor_ids"], embeddings["positive_ids"])  # (B, B)
         semantic = cosine_similarity_matrix(embeddings["semantic_anchors"], embeddings["semantic_positives"])  # (B, B)
         weights = negative_weights(surface, semantic, num_bins=self.num_bins, max_weight=self.max_weight, phi=self.phi)
@@ -159,6 +158,3 @@ class DebCSE(Objective):
     def _surface(self, ids_a: Tensor, ids_b: Tensor) -> Tensor:
         return surface_similarity(ids_a, ids_b, ignore=self.ignore, vocab_size=self.vocab_size)
 
-
-def _pad_to(ids: Tensor, width: int, pad: int) -> Tensor:
-    return torch.nn.functional.pad(ids, (0, width - ids.shape[1]), value=pad)  # (B, width)

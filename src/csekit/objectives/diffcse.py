@@ -22,8 +22,8 @@ Details follow the reference code (github.com/voidism/DiffCSE, ``diffcse/models.
   training only (``--mlp_only_train``; the saved model is [CLS], as the README evaluates it).
   The objective installs it as the encoder's head, so it trains and is checkpointed with the encoder.
 
-Options: ``generator`` (a masked LM sharing the encoder's vocabulary; default: the recipe's
-``model``), ``lambda_weight``, ``masking_ratio``, ``batchnorm``. The gradient cache works through
+Options: ``generator`` (a masked LM sharing the encoder's vocabulary, a frozen helper; default: the
+starting model), ``lambda_weight``, ``masking_ratio``, ``batchnorm``. The gradient cache works through
 per-example RTD sums, except with ``batchnorm`` (its statistics would be per chunk).
 
 Where csekit differs: the generator stays in eval mode (the reference's runs with dropout, being a
@@ -47,23 +47,27 @@ from csekit.distributed import all_gather_with_grad
 from csekit.errors import CsekitError
 from csekit.losses import info_nce
 from csekit.models.encoder import SentenceEncoder
-from csekit.objectives.base import Batch, Objective
+from csekit.objectives.base import Batch, Embeddings, Objective, RunContext
+from csekit.objectives.frozen import FrozenHelper
 from csekit.objectives.mlm import load_masked_lm, mask_tokens
 
 
 class DiffCSE(Objective):
     columns: ClassVar[tuple[str, ...]] = ("sent0",)
+    views: ClassVar[tuple[str, ...]] = ("sent0", "sent0")
+    sentence_keys: ClassVar[tuple[str, ...]] = ("view1", "view2")
 
-    def __init__(self, encoder: SentenceEncoder, *, temperature: float = 0.05, lambda_weight: float = 0.005,
-                 masking_ratio: float = 0.30, generator: str = "", batchnorm: bool = False,
-                 model: str = ""):  # fmt: skip
+    def __init__(self, encoder: SentenceEncoder, context: RunContext, *, temperature: float = 0.05,
+                 lambda_weight: float = 0.005, masking_ratio: float = 0.30, generator: str = "",
+                 batchnorm: bool = False):  # fmt: skip
         super().__init__()
         if not 0.0 < masking_ratio <= 1.0:
             raise CsekitError(f"options.masking_ratio must be in (0, 1], got {masking_ratio}")
         if lambda_weight < 0:
             raise CsekitError(f"options.lambda_weight must be >= 0, got {lambda_weight}")
         self.temperature, self.lambda_weight, self.masking_ratio = temperature, lambda_weight, masking_ratio
-        self.generator = _load_generator(generator or model, encoder).requires_grad_(False).eval()
+        reference = generator or context.model
+        self.generator = FrozenHelper(_load_generator(reference, encoder), reference=reference, role="generator")
         self.discriminator = copy.deepcopy(encoder.backbone)  # the starting encoder's pretrained weights
         if not isinstance(getattr(self.discriminator, "embeddings", None), nn.Module):
             kind = type(encoder.backbone).__name__
@@ -75,10 +79,7 @@ class DiffCSE(Objective):
         # statistics would be computed per chunk instead of over the batch.
         self.supports_grad_cache = not batchnorm
 
-    def frozen_modules(self) -> list[nn.Module]:
-        return [self.generator]
-
-    def embed(self, encoder: SentenceEncoder, batch: Batch) -> dict[str, Tensor]:
+    def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
         sentences = batch["sent0"]
         size = sentences["input_ids"].shape[0]
         twice = {key: torch.cat([value, value]) for key, value in sentences.items()}  # (2B, T)
@@ -88,7 +89,7 @@ class DiffCSE(Objective):
         count = torch.full_like(per_row, 2 * token_loss.shape[1])  # (B,): every position counts
         return {"view1": views[:size], "view2": views[size:], "rtd_sum": per_row, "rtd_count": count}
 
-    def loss(self, embeddings: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+    def loss(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
         # RTD is a mean over this rank's tokens, as in the reference; the trainer averages gradients.
         rtd = embeddings["rtd_sum"].sum() / embeddings["rtd_count"].sum()
         return {"contrastive": info_nce(embeddings["view1"], embeddings["view2"], self.temperature),
@@ -193,12 +194,12 @@ def batch_norm_across_ranks(features: Tensor, *, weight: Tensor | None = None, b
 
 
 def _install_projector(encoder: SentenceEncoder) -> None:
-    if encoder.pooler != "cls":
+    if encoder.pooler.name != "cls":
         raise CsekitError("options.batchnorm replaces the cls pooler's MLP head (the reference's --pooler_type cls "
-                          f"--batchnorm): set pooler: cls, not {encoder.pooler!r}")  # fmt: skip
+                          f"--batchnorm): set pooler: cls, not {encoder.pooler.name!r}")  # fmt: skip
     if encoder.head_at_inference:
         raise CsekitError("options.batchnorm's projector is used in training only: set mlp_only_train: true")
     parameter = next(encoder.parameters())
     std = getattr(encoder.backbone.config, "initializer_range", 0.02)
     projector = BatchNormProjector(encoder.embedding_dim, init_std=std)
-    encoder.head = projector.to(device=parameter.device, dtype=parameter.dtype)
+    encoder.set_head(projector.to(dtype=parameter.dtype), at_inference=False)

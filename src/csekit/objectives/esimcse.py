@@ -24,7 +24,8 @@ with the weights the optimizer is about to change; here ``after_step`` applies t
 the new weights, one step earlier, which gives the same momentum weights at every forward pass.
 
 Gradient cache and accumulation: the keys are an ordinary row-wise output of ``embed`` (graph-free),
-``loss`` only stages them, and ``after_step`` enqueues everything staged since the last step. So a
+``after_micro_batch`` stages them (``loss`` is pure), and ``after_step`` enqueues everything staged since
+the last step. So a
 loss never sees keys of its own optimizer step, however the batch is chunked or accumulated. Under
 ``torchrun`` the staged keys are gathered from all ranks in rank order, so every rank holds the same
 queue and W ranks x B examples train like one process with W x B.
@@ -44,7 +45,7 @@ import copy
 from typing import ClassVar
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from csekit.augment.repetition import repeat_tokens
 from csekit.data.collate import concat_fields
@@ -52,14 +53,16 @@ from csekit.distributed import all_gather_with_grad, get_world_size
 from csekit.errors import CsekitError
 from csekit.losses import info_nce
 from csekit.models.encoder import SentenceEncoder
-from csekit.objectives.base import Batch, Objective
+from csekit.objectives.base import Batch, Embeddings, Objective, RunContext
 
 
 class ESimCSE(Objective):
     columns: ClassVar[tuple[str, ...]] = ("sent0",)
+    views: ClassVar[tuple[str, ...]] = ("sent0", "sent0")
+    sentence_keys: ClassVar[tuple[str, ...]] = ("anchors", "positives")
 
-    def __init__(self, encoder: SentenceEncoder, *, temperature: float = 0.05, dup_rate: float = 0.32,
-                 queue_ratio: float = 2.5, momentum: float = 0.995, batch_size: int = 64):  # fmt: skip
+    def __init__(self, encoder: SentenceEncoder, context: RunContext, *, temperature: float = 0.05,
+                 dup_rate: float = 0.32, queue_ratio: float = 2.5, momentum: float = 0.995):  # fmt: skip
         super().__init__()
         if not 0.0 <= momentum <= 1.0:
             raise CsekitError(f"esimcse: momentum must be between 0 and 1, got {momentum}")
@@ -71,10 +74,10 @@ class ESimCSE(Objective):
         self.dup_rate = dup_rate
         self.momentum = momentum
         # The queue counts embeddings of the whole contrastive batch (all ranks' rows of one micro-batch).
-        capacity = round(queue_ratio * batch_size * get_world_size())
+        capacity = round(queue_ratio * context.batch_size * context.world_size)
         # A copy of the backbone and pooler; the head stays the encoder's own (see the module docstring).
         self.momentum_encoder = copy.deepcopy(encoder)
-        self.momentum_encoder.head = None
+        self.momentum_encoder.head = None  # its private copy: forward skips the head, embed applies the encoder's
         self.momentum_encoder.requires_grad_(False).eval()
         # Persistent buffers: checkpoints restore the queue, oldest row first, and how full it is.
         parameter = next(encoder.parameters())
@@ -83,13 +86,15 @@ class ESimCSE(Objective):
         self.register_buffer("queue_length", torch.zeros((), dtype=torch.long, device=parameter.device))
         self._staged: list[Tensor] = []  # keys of the micro-batches since the last optimizer step
 
-    def frozen_modules(self) -> list[nn.Module]:
-        return [self.momentum_encoder]
+    def train(self, mode: bool = True) -> ESimCSE:
+        super().train(mode)
+        self.momentum_encoder.eval()  # dropout off, as the reference's
+        return self
 
-    def embed(self, encoder: SentenceEncoder, batch: Batch) -> dict[str, Tensor]:
+    def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
         sentences = batch["sent0"]
         size = sentences["input_ids"].shape[0]
-        pad_token_id = encoder.tokenizer.pad_token_id or 0
+        pad_token_id = encoder.pad_token_id
         # The repeated view may outgrow the data's max_length (the reference does not cut it); only the
         # model's own limit applies.
         repeated = repeat_tokens(sentences, dup_rate=self.dup_rate, pad_token_id=pad_token_id,
@@ -97,17 +102,20 @@ class ESimCSE(Objective):
         views = encoder(**concat_fields([sentences, repeated], pad_token_id))  # (2B, H): originals, repeats
         with torch.no_grad():
             keys = self.momentum_encoder(**sentences)  # (B, H), dropout off
-            if encoder.head is not None and (encoder.training or encoder.head_at_inference):
+            if encoder.uses_head:
                 keys = encoder.head(keys)  # the same head as the anchors, as in the reference
         return {"anchors": views[:size], "positives": views[size:], "keys": keys.detach()}
 
-    def loss(self, embeddings: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        if self.training:
-            self._staged.append(embeddings["keys"].detach())
-            # Called again and again without a step (no trainer), staged keys that would be dropped
-            # on arrival anyway are dropped now.
-            while self._staged and sum(len(keys) for keys in self._staged[1:]) >= len(self.queue):
-                self._staged.pop(0)
+    def after_micro_batch(self, embeddings: Embeddings) -> None:
+        if not self.training:
+            return
+        self._staged.append(embeddings["keys"].detach())
+        # Called again and again without a step, staged keys that would be dropped on arrival anyway are
+        # dropped now.
+        while self._staged and sum(len(keys) for keys in self._staged[1:]) >= len(self.queue):
+            self._staged.pop(0)
+
+    def loss(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
         queue = self.queue[: int(self.queue_length)]  # (M, H), M <= capacity
         return {"contrastive": info_nce(embeddings["anchors"], embeddings["positives"], self.temperature,
                                         shared_negatives=queue)}  # fmt: skip

@@ -28,7 +28,10 @@ reference data uses for its rows whose negative is LLM-generated, is a row with 
 
 The base model: the reference trains with ``base_from_pretrained`` = the starting checkpoint
 (``train.py``) or a trained SimCSE model, in eval mode, its logits detached. ``base_model: ""`` (the
-default) is a frozen copy of the starting encoder; a path loads another model of the same vocabulary.
+default) is a frozen copy of the starting encoder; a path loads another model (with its own tokenizer,
+if it has one). The reference builds the base model as a model of its own, so its ``cls`` MLP head gets
+an initialisation of its own; so does the copy here (``base_head: independent``), drawn after the
+student's. ``base_head: copy`` keeps the student's starting head instead.
 Not reproduced: the reference's word-duplication of the anchor text in its data loader (an ESimCSE
 style augmentation) and its token_type_ids of 1 for the second and third sentence.
 """
@@ -44,8 +47,11 @@ from csekit.data.collate import concat_fields
 from csekit.errors import CsekitError
 from csekit.losses import info_nce
 from csekit.models.encoder import SentenceEncoder
-from csekit.objectives.base import Batch, Objective
-from csekit.objectives.frozen import embed_frozen, frozen_encoder
+from csekit.models.modules import MLPHead
+from csekit.objectives.base import Batch, Embeddings, Objective, RunContext
+from csekit.objectives.frozen import FrozenHelper
+
+BASE_HEADS = ("independent", "copy")
 
 
 def gaussian_decay_weights(anchors: Tensor, hard_negatives: Tensor, base_anchors: Tensor, base_hard_negatives: Tensor,
@@ -73,31 +79,33 @@ def place_own_hard_negative_weights(own: Tensor, num_candidates: int) -> Tensor:
 
 class GCSE(Objective):
     columns: ClassVar[tuple[str, ...]] = ("sent0", "sent1", "hard_neg")
+    views: ClassVar[tuple[str, ...]] = ("sent0", "sent1", "hard_neg")
+    sentence_keys: ClassVar[tuple[str, ...]] = ("sent0", "sent1", "hard_neg")
 
-    def __init__(self, encoder: SentenceEncoder, *, temperature: float = 0.05, alpha: float = 0.17,
-                 base_model: str = ""):  # fmt: skip
+    def __init__(self, encoder: SentenceEncoder, context: RunContext, *, temperature: float = 0.05,
+                 alpha: float = 0.17, base_model: str = "", base_head: str = "independent"):  # fmt: skip
         super().__init__()
         if alpha <= 0:
             raise CsekitError(f"gcse: alpha (the Gaussian's width) must be positive, got {alpha}")
+        if base_head not in BASE_HEADS:
+            raise CsekitError(f"gcse: base_head must be one of {', '.join(BASE_HEADS)}, not {base_head!r}")
         self.temperature = temperature
         self.alpha = alpha
-        self.base = frozen_encoder(encoder, base_model, role="base_model")
+        self.base = FrozenHelper.encoder(encoder, base_model, role="base_model", columns=("sent0", "hard_neg"))
+        base = self.base.module
+        if not base_model and base_head == "independent" and isinstance(base.head, MLPHead):
+            base.head.reset_parameters(getattr(base.backbone.config, "initializer_range", 0.02))
 
-    def frozen_modules(self) -> list[torch.nn.Module]:
-        return [self.base]
-
-    def embed(self, encoder: SentenceEncoder, batch: Batch) -> dict[str, Tensor]:
+    def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
         size = batch["sent0"]["input_ids"].shape[0]
-        pad = encoder.tokenizer.pad_token_id or 0
-        stacked = concat_fields([batch[column] for column in self.columns], pad)
+        stacked = concat_fields([batch[column] for column in self.columns], encoder.pad_token_id)
         outputs = encoder(**stacked)  # (3B, H): anchors, positives, hard negatives in one pass
         embeddings = dict(zip(self.columns, outputs.split(size)))
         # The base model sees the anchors and hard negatives only: the reference reads just that block.
-        pair = concat_fields([batch["sent0"], batch["hard_neg"]], pad)
-        base_anchors, base_negatives = embed_frozen(self.base, pair).split(size)  # 2 x (B, H')
+        base_anchors, base_negatives = self.base.embed(batch, "sent0", "hard_neg").split(size)  # 2 x (B, H')
         return {**embeddings, "base_sent0": base_anchors, "base_hard_neg": base_negatives}
 
-    def loss(self, embeddings: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+    def loss(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
         anchors, positives, negatives = (embeddings[column] for column in self.columns)
         candidates = torch.cat([positives, negatives])  # (2B, H)
         own = gaussian_decay_weights(anchors, negatives, embeddings["base_sent0"], embeddings["base_hard_neg"],

@@ -28,15 +28,15 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from csekit.data.collate import concat_fields
 from csekit.errors import CsekitError
 from csekit.losses import info_nce
-from csekit.models.encoder import MLPHead, SentenceEncoder
-from csekit.models.pooling import PROMPT_POOLERS
-from csekit.models.prompt import Prompt
-from csekit.objectives.base import Batch, Objective
+from csekit.models.encoder import SentenceEncoder
+from csekit.models.modules import MLPHead
+from csekit.models.prompt import MaskPooler, Prompt
+from csekit.objectives.base import Batch, Embeddings, Objective, RunContext
 
 #: The reference's BERT templates (run.sh unsup-bert: --mask_embedding_sentence_template and
 #: --mask_embedding_sentence_different_template).
@@ -49,38 +49,41 @@ class PromptBERT(Objective):
     ``denoise`` (subtract each template's own [MASK] state in training; off only for ablations)."""
 
     columns: ClassVar[tuple[str, ...]] = ("sent0",)
+    views: ClassVar[tuple[str, ...]] = ("sent0", "sent0")
+    sentence_keys: ClassVar[tuple[str, ...]] = ("view1", "view2")
 
-    def __init__(self, encoder: SentenceEncoder, *, temperature: float = 0.05, template: str = TEMPLATE,
-                 positive_template: str = POSITIVE_TEMPLATE, denoise: bool = True):  # fmt: skip
+    def __init__(self, encoder: SentenceEncoder, context: RunContext, *, temperature: float = 0.05,
+                 template: str = TEMPLATE, positive_template: str = POSITIVE_TEMPLATE, denoise: bool = True):  # fmt: skip
         super().__init__()
-        if encoder.pooler not in PROMPT_POOLERS:
+        pooler = encoder.pooler
+        if not isinstance(pooler, MaskPooler):
             raise CsekitError(f"promptbert trains the prompt's [MASK] state: set pooler to mask_denoised or mask, "
-                              f"not {encoder.pooler!r}")  # fmt: skip
+                              f"not {pooler.name!r}")  # fmt: skip
         if template == positive_template:
             raise CsekitError("promptbert: template and positive_template must differ (they make the positive pair)")
         self.temperature = temperature
         self.denoise = denoise
-        # The anchor's template is the encoder's: encode(), the dev evaluation and save() use it too.
-        encoder.prompt = Prompt.from_template(template, encoder.tokenizer)
+        # The anchor's template is the encoder's pooler's: encode(), the dev evaluation and save() use it too.
+        settings = {**pooler.config(), "template": template}
+        encoder.set_pooler(type(pooler).create(settings, config=encoder.backbone.config, tokenizer=encoder.tokenizer))
         self.positive_prompt = Prompt.from_template(positive_template, encoder.tokenizer)
-        self.head = MLPHead(encoder.backbone.config.hidden_size)
         std = getattr(encoder.backbone.config, "initializer_range", 0.02)  # as BERT initialises new layers
-        nn.init.normal_(self.head.dense.weight, mean=0.0, std=std)
-        nn.init.zeros_(self.head.dense.bias)
+        self.head = MLPHead(encoder.backbone.config.hidden_size).reset_parameters(std)
 
-    def embed(self, encoder: SentenceEncoder, batch: Batch) -> dict[str, Tensor]:
-        anchors = batch["sent0"]  # already wrapped in encoder.prompt by encoder.tokenize
+    def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
+        anchors = batch["sent0"]  # already wrapped in the pooler's prompt by encoder.tokenize
         size = anchors["input_ids"].shape[0]
-        pad_id = encoder.tokenizer.pad_token_id or 0
-        positives = encoder.prompt.rewrap(anchors, self.positive_prompt, pad_id)  # same sentences, other template
+        pad_id = encoder.pad_token_id
+        anchor_prompt = encoder.pooler.prompt
+        positives = anchor_prompt.rewrap(anchors, self.positive_prompt, pad_id)  # same sentences, other template
         stacked = concat_fields([anchors, positives], pad_id)  # (2B, T)
         last_hidden = encoder.backbone(**stacked, return_dict=True).last_hidden_state  # (2B, T, H), dropout on
         views = []
-        for half, prompt in enumerate((encoder.prompt, self.positive_prompt)):
+        for half, prompt in enumerate((anchor_prompt, self.positive_prompt)):
             rows = slice(half * size, (half + 1) * size)
             views.append(prompt.pool(encoder.backbone, last_hidden[rows], stacked["input_ids"][rows],
                                      stacked["attention_mask"][rows], denoise=self.denoise))  # (B, H)  # fmt: skip
         return {"view1": self.head(views[0]), "view2": self.head(views[1])}
 
-    def loss(self, embeddings: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+    def loss(self, embeddings: Embeddings, batch: Batch) -> dict[str, Tensor]:
         return {"contrastive": info_nce(embeddings["view1"], embeddings["view2"], self.temperature)}

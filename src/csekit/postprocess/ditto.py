@@ -21,17 +21,21 @@ BERT-base layer 0 head 9, RoBERTa-base 0/4, ELECTRA-base 0/10, SBERT (bert-base-
 layer and head on STS-B dev).
 
 The attention probabilities exist only in the eager attention implementation, so the backbone is
-switched to it; the other implementations compute the same states.
+switched to it; the other implementations compute the same states. No stock sentence-transformers
+module passes attention weights on, so a saved Ditto model names csekit's input module
+(:mod:`csekit.models.st_module`) and loads in ``SentenceTransformer(path, trust_remote_code=True)``
+wherever csekit is installed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from csekit.errors import CsekitError
-from csekit.postprocess.layers import mean_of_layers, parse_layers
+from csekit.models.pooling import Pooler, mean_of_layers
+from csekit.postprocess.layers import parse_layers
 
 #: The reference's setting for bert-base-uncased (``run_eval_ditto.sh``).
 DEFAULT_LAYER, DEFAULT_HEAD = 0, 9
@@ -59,8 +63,9 @@ def ditto_pool(
     return (states * weights.unsqueeze(-1)).sum(dim=1)  # (B, H)
 
 
-class DittoPooler(nn.Module):
-    """Token pooler for :class:`~csekit.SentenceEncoder` (see :func:`csekit.postprocess.use_token_pooler`)."""
+class DittoPooler(Pooler):
+    """Ditto's pooler: ``layer`` and ``head`` choose the attention whose diagonal weighs the tokens of the
+    average of ``layers`` (default: the embedding output and the last layer)."""
 
     name = "ditto"
     needs_hidden_states = True
@@ -69,6 +74,11 @@ class DittoPooler(nn.Module):
     def __init__(self, *, layer: int = DEFAULT_LAYER, head: int = DEFAULT_HEAD, layers: Sequence[int]):
         super().__init__()
         self.layer, self.head, self.layers = int(layer), int(head), tuple(int(i) for i in layers)
+
+    @classmethod
+    def create(cls, settings, *, config, tokenizer) -> DittoPooler:
+        settings = {"layers": (0, config.num_hidden_layers), **settings}  # the reference's first + last
+        return super().create(settings, config=config, tokenizer=tokenizer)
 
     def check(self, config) -> None:
         """Refuse a layer, head or hidden-state layer the model does not have."""
@@ -80,35 +90,10 @@ class DittoPooler(nn.Module):
         parse_layers(self.layers, num_layers=blocks)
 
     def config(self) -> dict:
-        return {"name": self.name, "layer": self.layer, "head": self.head, "layers": list(self.layers)}
+        return {"layer": self.layer, "head": self.head, "layers": list(self.layers)}
 
-    def forward(self, outputs, attention_mask: Tensor) -> Tensor:
+    def forward(self, outputs, inputs, backbone) -> Tensor:
         if not outputs.attentions:
             raise RuntimeError("the backbone returned no attention probabilities; Ditto needs eager attention")
-        return ditto_pool(outputs.hidden_states, outputs.attentions, attention_mask,
+        return ditto_pool(outputs.hidden_states, outputs.attentions, inputs["attention_mask"],
                           layer=self.layer, head=self.head, layers=self.layers)  # fmt: skip
-
-    def extra_repr(self) -> str:
-        return f"layer={self.layer}, head={self.head}, layers={self.layers}"
-
-
-class DittoPooling:
-    """What a saved Ditto folder names in ``modules.json`` in place of sentence-transformers' ``Pooling``.
-
-    sentence-transformers' ``Transformer`` module passes no attention probabilities on, so no module
-    after it can compute Ditto; rather than load such a folder as something else (mean pooling), loading
-    it in sentence-transformers stops here with this message. csekit loads it exactly.
-    """
-
-    MESSAGE = (
-        "{path}: this model pools with Ditto (diagonal attention pooling), which sentence-transformers cannot "
-        "compute (its Transformer module passes no attention weights on); load it with "
-        "csekit.load_encoder({path!r}) or evaluate it with `csekit eval {path}`"
-    )
-
-    def __init__(self, *args, **kwargs):
-        raise ValueError(self.MESSAGE.format(path="this folder"))
-
-    @classmethod
-    def load(cls, model_name_or_path: str, *args, **kwargs):
-        raise ValueError(cls.MESSAGE.format(path=model_name_or_path))

@@ -13,8 +13,8 @@ computes map onto it, so nothing new is saved for them:
 
     (L,)      -> mean              (1, L) -> first_last_avg        (L-1, L) -> last2avg
 
-Any other set (e.g. ``2,12`` or ``0,12``) becomes a :class:`LayerMeanPooler`, saved as a stock
-sentence-transformers ``WeightedLayerPooling`` (0/1 weights) + mean ``Pooling``.
+Any other set (e.g. ``2,12`` or ``0,12``) becomes a :class:`LayerMeanPooler` (the pooler ``layer_mean``),
+saved as a stock sentence-transformers ``WeightedLayerPooling`` (0/1 weights) + mean ``Pooling``.
 
 One difference from the reference: it divides each token sum by ``n + 0.01`` tokens; csekit divides by
 ``n``. Cosines do not change; whitening's fitted mean moves by that scale only.
@@ -24,10 +24,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from torch import Tensor, nn
-
 from csekit.errors import CsekitError
+from csekit.models.pooling import LayerAveragePooler
 
 
 def parse_layers(spec: str | Sequence[int], *, num_layers: int) -> tuple[int, ...]:
@@ -61,23 +59,10 @@ def named_pooler(layers: tuple[int, ...], *, num_layers: int) -> str | None:
     }.get(layers)
 
 
-def masked_mean(token_states: Tensor, attention_mask: Tensor) -> Tensor:
-    """(B, T, H) states, (B, T) mask -> (B, H) mean over real tokens."""
-    mask = attention_mask.unsqueeze(-1).to(token_states.dtype)  # (B, T, 1)
-    return (token_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-
-def mean_of_layers(hidden_states: Sequence[Tensor], layers: Sequence[int]) -> Tensor:
-    """The average of ``hidden_states[i]`` for i in ``layers``: (B, T, H)."""
-    return torch.stack([hidden_states[i] for i in layers]).mean(dim=0)  # (len(layers), B, T, H) -> (B, T, H)
-
-
-class LayerMeanPooler(nn.Module):
-    """Token pooler: mean over tokens of the mean of the chosen layers' states."""
+class LayerMeanPooler(LayerAveragePooler):
+    """Mean over tokens of the mean of the chosen layers' states."""
 
     name = "layer_mean"
-    needs_hidden_states = True
-    needs_attentions = False
 
     def __init__(self, *, layers: Sequence[int]):
         super().__init__()
@@ -86,11 +71,8 @@ class LayerMeanPooler(nn.Module):
     def check(self, config) -> None:
         parse_layers(self.layers, num_layers=config.num_hidden_layers)
 
+    def averaged_layers(self, num_layers: int) -> tuple[int, ...]:
+        return self.layers
+
     def config(self) -> dict:
-        return {"name": self.name, "layers": list(self.layers)}
-
-    def forward(self, outputs, attention_mask: Tensor) -> Tensor:
-        return masked_mean(mean_of_layers(outputs.hidden_states, self.layers), attention_mask)  # (B, H)
-
-    def extra_repr(self) -> str:
-        return f"layers={self.layers}"
+        return {"layers": list(self.layers)}

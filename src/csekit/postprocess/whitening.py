@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch import nn
 
 from csekit.data.readers import read_examples
 from csekit.errors import CsekitError
+from csekit.models.modules import AffineMap
 
 if TYPE_CHECKING:
     from csekit.models.encoder import SentenceEncoder
@@ -72,14 +72,14 @@ def fit_whitening(embeddings: np.ndarray, *, dim: int | None = None) -> tuple[np
     return mu, kernel
 
 
-def whitening_layer(mu: np.ndarray, kernel: np.ndarray) -> nn.Linear:
-    """``Linear`` computing (x - mu) W: weight W^T (k, H), bias -mu W (k,); frozen (a statistic, not trained)."""
+def whitening_layer(mu: np.ndarray, kernel: np.ndarray) -> AffineMap:
+    """The affine map (x - mu) W: weight W^T (k, H), bias -mu W (k,); frozen (a statistic, not trained)."""
     hidden, k = kernel.shape
-    layer = nn.Linear(hidden, k)
+    layer = AffineMap(hidden, k)
     with torch.no_grad():
         layer.weight.copy_(torch.from_numpy(kernel.T.copy()))
         layer.bias.copy_(torch.from_numpy(-(mu @ kernel)))
-    return layer.requires_grad_(False)
+    return layer
 
 
 def read_fit_sentences(path: str | os.PathLike, *, max_sentences: int | None = None) -> list[str]:
@@ -101,10 +101,11 @@ def whiten(
     A whitening the encoder already has is replaced: the new one is fitted on the pooled embeddings
     before it, so whitening twice is whitening once.
     """
-    encoder.whitening = None
+    others = [module for module in encoder.outputs if not isinstance(module, AffineMap)]
+    encoder.set_outputs(others)
     if dim is not None and not 1 <= dim <= encoder.embedding_dim:
         raise CsekitError(f"whitening dimension {dim} is outside 1..{encoder.embedding_dim}, this model's embedding dimension")
     embeddings = encoder.encode(sentences, batch_size=batch_size, normalize=False)  # (N, H)
     mu, kernel = fit_whitening(embeddings, dim=dim)
-    encoder.whitening = whitening_layer(mu, kernel).to(encoder.device)
+    encoder.set_outputs([*others, whitening_layer(mu, kernel)])
     return encoder

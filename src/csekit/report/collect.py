@@ -3,7 +3,8 @@
 A run folder, as ``csekit train`` writes it: ``config.yaml``, ``metrics.jsonl`` (``train/*`` and
 ``dev/*`` per logged step), ``best/``, ``final/``. Evaluation results are reused when saved:
 
-- ``RUN/eval.json``: what ``csekit eval RUN/best --json RUN/eval.json`` writes (STS, transfer, ...);
+- ``RUN/eval.json``: the evaluation record ``csekit eval RUN/best --json RUN/eval.json`` writes (STS,
+  transfer, ...: :mod:`csekit.evaluation.record`);
 - ``RUN/align_uniform.json``: alignment and uniformity (STS-B dev) of the starting model, best/ and final/.
 
 With ``compute=True`` what is missing is computed (STS test on best/; alignment and uniformity of
@@ -21,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from csekit.atomic import write_text
 from csekit.errors import CsekitError
+from csekit.evaluation.record import EvaluationRecord
 
 #: Three paraphrase pairs: a good encoder shows three bright 2x2 blocks on the diagonal.
 HEATMAP_SENTENCES = (
@@ -51,7 +54,7 @@ class RunData:
     path: Path
     config: dict
     log: list[dict]  # metrics.jsonl rows, in order
-    results: dict[str, float] = field(default_factory=dict)  # saved or computed eval metrics
+    results: dict[str, float] = field(default_factory=dict)  # saved or computed eval metrics, family/metric
     points: list[Point] = field(default_factory=list)
     similarity: np.ndarray | None = None  # (K, K) cosines of HEATMAP_SENTENCES under best/
     notes: list[str] = field(default_factory=list)
@@ -61,13 +64,25 @@ class RunData:
         return max((row["step"] for row in self.log), default=self.config.get("max_steps") or 0)
 
     @property
+    def dev_key(self) -> str:
+        """The metrics.jsonl key of the score that selected best/ (``dev/avg`` in logs of earlier runs)."""
+        metric = self.config.get("eval_metric")
+        return f"dev/{metric}" if metric and any(f"dev/{metric}" in row for row in self.log) else "dev/avg"
+
+    @property
+    def best_dev(self) -> float | None:
+        """The best dev score logged: the trainer's running best (its metric's direction), else the highest."""
+        bests = [row["dev/best"] for row in self.log if "dev/best" in row]
+        scores = [row[self.dev_key] for row in self.log if self.dev_key in row]
+        return bests[-1] if bests else (max(scores) if scores else None)
+
+    @property
     def best_step(self) -> int | None:
         """The first step whose dev score equals the best one logged; the last step without dev scores."""
-        dev = [row for row in self.log if "dev/avg" in row]
-        if not dev:
+        best = self.best_dev
+        if best is None:
             return self.last_step if self.log else None
-        best = max(row["dev/avg"] for row in dev)
-        return next(row["step"] for row in dev if row["dev/avg"] == best)
+        return next(row["step"] for row in self.log if row.get(self.dev_key) == best)
 
 
 def read_log(path: Path) -> list[dict]:
@@ -107,8 +122,7 @@ def collect_run(
     run = RunData(name or path.name, path, config if isinstance(config, dict) else {}, log)
     if not log:
         run.notes.append("no metrics.jsonl: no training curves")
-    saved = _read_json(path / EVAL_FILE)
-    run.results = dict(saved.get("metrics", {})) if saved else {}
+    run.results = EvaluationRecord.read(path / EVAL_FILE).flat() if (path / EVAL_FILE).is_file() else {}
     run.points = [Point(**point) for point in (_read_json(path / ALIGN_UNIFORM_FILE) or {}).get("points", [])]
     best = _model_folder(path)
     if compute:
@@ -132,13 +146,14 @@ def _compute_missing(run: RunData, best: Path | None, *, tasks: str, data_dir: s
         run.notes.append("no best/ or final/ model: nothing to evaluate")
         return
     sts = STSEvaluator(tasks, mode="test", data_dir=data_dir, batch_size=batch_size)
-    if any(task not in run.results for task in sts.tasks):
+    if any(f"sts/{task}" not in run.results for task in sts.tasks):
         from csekit.models import load_encoder
 
         model = load_encoder(str(best))
-        run.results.update(sts.evaluate(model))
-        record = {"model": str(best), "pooler": model.pooler, "mode": "test", "metrics": run.results}
-        (run.path / EVAL_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        record = EvaluationRecord(str(best), model.pooler.name, {"sts": sts.evaluate(model)},
+                                  {"tasks": tasks, "mode": "test"})  # fmt: skip
+        record.write(run.path / EVAL_FILE)
+        run.results.update(record.flat())
     have = {point.label for point in run.points}
     wanted = [label for label in ("start", "best", "final") if label not in have]
     if wanted:
@@ -151,7 +166,7 @@ def _compute_missing(run: RunData, best: Path | None, *, tasks: str, data_dir: s
                 run.points.append(Point(label, steps[label], metrics["align"], metrics["uniform"]))
         run.points.sort(key=lambda point: (point.step, ("start", "best", "final").index(point.label)))
         payload = {"split": "dev", "points": [asdict(point) for point in run.points]}
-        (run.path / ALIGN_UNIFORM_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+        write_text(run.path / ALIGN_UNIFORM_FILE, json.dumps(payload, indent=2) + "\n")
 
 
 def _load_for_point(run: RunData, label: str):

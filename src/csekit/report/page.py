@@ -69,25 +69,26 @@ def build_page(runs: list[RunData]) -> Page:
 def _overview(runs: list[RunData]) -> Section:
     rows = []
     for run in runs:
-        dev = [row["dev/avg"] for row in run.log if "dev/avg" in row]
+        best = run.best_dev
         rows.append([run.name, str(run.config.get("objective", "?")), str(run.config.get("model", "?")),
-                     str(run.config.get("pooler", "?")), str(run.last_step), str(run.best_step if dev else "-"),
-                     f"{max(dev):.2f}" if dev else "-"])  # fmt: skip
+                     str(run.config.get("pooler", "?")), str(run.last_step), str(run.best_step if best is not None else "-"),
+                     f"{best:.2f}" if best is not None else "-"])  # fmt: skip
     header = ["run", "objective", "starting model", "pooler", "steps", "best step", "best dev"]
     return Section("Runs", text=[f"{run.name}: {run.path}" for run in runs], table=Table(header, rows))
 
 
-def _score_table(runs: list[RunData], tasks: tuple[str, ...], titles: dict, avg_key: str) -> Table | None:
-    present = [task for task in tasks if any(task in run.results for run in runs)]
+def _score_table(runs: list[RunData], family: str, tasks: tuple[str, ...], titles: dict) -> Table | None:
+    keys = [f"{family}/{task}" for task in (*tasks, "avg")]
+    present = [key for key in keys[:-1] if any(key in run.results for run in runs)]
     if not present:
         return None
-    rows = [[run.name, *(f"{run.results[t]:.2f}" if t in run.results else "-" for t in present),
-             f"{run.results[avg_key]:.2f}" if avg_key in run.results else "-"] for run in runs]  # fmt: skip
-    return Table(["run", *(titles[t] for t in present), "avg"], rows)
+    rows = [[run.name, *(f"{run.results[key]:.2f}" if key in run.results else "-" for key in (*present, keys[-1]))]
+            for run in runs]  # fmt: skip
+    return Table(["run", *(titles[key.split("/", 1)[1]] for key in present), "avg"], rows)
 
 
 def _sts(runs: list[RunData]) -> Section | None:
-    table = _score_table(runs, STS_TASKS, TITLES, "avg")
+    table = _score_table(runs, "sts", STS_TASKS, TITLES)
     if table is None:
         return None
     text = ["Test sets, Spearman ×100 of cosine similarity (STS12–16: SentEval's \"all\"); best/ model."]
@@ -95,7 +96,7 @@ def _sts(runs: list[RunData]) -> Section | None:
 
 
 def _transfer(runs: list[RunData]) -> Section | None:
-    table = _score_table(runs, TRANSFER_TASKS, TRANSFER_TITLES, "transfer/avg")
+    table = _score_table(runs, "transfer", TRANSFER_TASKS, TRANSFER_TITLES)
     if table is None:
         return None
     return Section("Transfer", text=["SentEval logistic regression, test accuracy ×100."], table=table)

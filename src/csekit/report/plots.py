@@ -13,8 +13,9 @@ import numpy as np
 
 from csekit.report.collect import HEATMAP_SENTENCES, RunData
 
-#: Curves drawn when the log has them: (metrics.jsonl key, panel title).
-CURVES = (("train/loss", "training loss"), ("train/lr", "learning rate"), ("dev/avg", "dev STS (Spearman ×100)"))
+#: Curves drawn when the log has them: (metrics.jsonl key, panel title); ``DEV`` is each run's dev score.
+DEV = "dev"
+CURVES = (("train/loss", "training loss"), ("train/lr", "learning rate"), (DEV, "dev score"))
 DPI = 100
 
 
@@ -34,14 +35,19 @@ def training_curves(runs: list[RunData]) -> bytes | None:
     """Loss, learning rate and dev score against step, one line per run; None when no run has a log."""
     from matplotlib.ticker import MaxNLocator
 
-    panels = [(key, title) for key, title in CURVES if any(key in row for run in runs for row in run.log)]
+    def key_of(run: RunData, key: str) -> str:
+        return run.dev_key if key == DEV else key
+
+    panels = [(key, title) for key, title in CURVES if any(key_of(run, key) in row for run in runs for row in run.log)]
     if not panels:
         return None
     figure = _figure(4.2 * len(panels), 3.2)
     axes = np.atleast_1d(figure.subplots(1, len(panels)))
     for axis, (key, title) in zip(axes, panels):
+        if key == DEV:
+            title = f"{title}: {runs[0].dev_key.removeprefix('dev/')}"
         for run in runs:
-            points = [(row["step"], row[key]) for row in run.log if key in row]
+            points = [(row["step"], row[key_of(run, key)]) for row in run.log if key_of(run, key) in row]
             if points:
                 steps, values = zip(*points)
                 axis.plot(steps, values, marker="o" if len(points) < 30 else None, markersize=3, label=run.name)

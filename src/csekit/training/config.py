@@ -1,13 +1,16 @@
 """TrainConfig: every knob of a training run, as plain top-level keys of a YAML recipe.
 
-A recipe is a YAML file of these keys; ``--set key=value`` overrides any of them. Unknown keys are
-errors (a typo must not silently fall back to a default).
+A recipe is a YAML file of these keys; ``--set key=value`` overrides any of them, ``--set
+options.NAME=V`` one option of the objective and ``--set wrappers.mlm.weight=V`` one of a wrapper. The
+whole recipe is checked when the config is built, before anything is written or loaded: unknown keys,
+values of the wrong type, choices that do not exist (objective, pooler, wrapper, precision, tasks) and
+method options that do not bind to the objective's signature are one-line errors (a typo must not
+silently fall back to a default). Keys that moved since earlier recipes say where they went.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +19,20 @@ from typing import Any
 import yaml
 
 from csekit.errors import CsekitError
+from csekit.evaluation import EVALUATORS, EvaluationSettings, split_tasks
+from csekit.models.pooling import check_pooler
+from csekit.objectives import check_recipe_options
+from csekit.objectives.options import coerce
+
+PRECISIONS = ("auto", "fp32", "bf16")
+HEAD_INITS = ("fresh", "pretrained")
+#: Recipe keys of earlier versions -> where they live now.
+MOVED_KEYS = {
+    "temperature": "options.temperature",
+    "hard_negative_weight": "options.hard_negative_weight",
+    "mlm_weight": "wrappers.mlm.weight",
+    "mlm_probability": "wrappers.mlm.probability",
+}
 
 
 @dataclass
@@ -31,17 +48,13 @@ class TrainConfig:
     """Use the cls pooler's MLP head in training only and drop it from the saved model (unsup SimCSE)."""
     dropout: float | None = None
     """Override the backbone's hidden and attention dropout (SimCSE's noise); None keeps the model's."""
-    # --- the objective's options (each objective takes the ones it needs)
-    temperature: float = 0.05
-    """InfoNCE temperature tau (SimCSE: 0.05)."""
-    hard_negative_weight: float = 0.0
-    """Added to the logit of each anchor's own hard negative (SimCSE's ``hard_negative_weight``)."""
-    mlm_weight: float = 0.0
-    """Weight of the auxiliary masked-LM loss (SimCSE's ``do_mlm`` uses 0.1); 0 turns it off."""
-    mlm_probability: float = 0.15
-    """Share of tokens masked for the auxiliary MLM loss."""
+    head_init: str = "fresh"
+    """The cls head's start: fresh (SimCSE's MLP is new) or pretrained (the checkpoint's own pooler, e.g. BERT's)."""
+    # --- the method
     options: dict[str, Any] = field(default_factory=dict)
-    """Method-specific options of the objective (e.g. ``dup_rate``, ``queue_size``); ``--set options.NAME=V``."""
+    """The objective's options (e.g. ``temperature``, ``dup_rate``), checked against its signature; ``--set options.NAME=V``."""
+    wrappers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Wrappers around the objective, in order, with their options: ``{mlm: {weight: 0.1}}`` (SimCSE's do_mlm)."""
     # --- data
     train_files: list[str] = field(default_factory=list)
     """Training files: .txt (one sentence a line), .csv/.tsv/.jsonl with the objective's columns."""
@@ -51,6 +64,8 @@ class TrainConfig:
     """Read the files again each epoch through a shuffle buffer instead of holding them in memory."""
     skip_bad_lines: bool = False
     """Count and skip malformed lines instead of stopping at the first one."""
+    embedding_files: dict[str, str] = field(default_factory=dict)
+    """Precomputed embeddings per training example, ``{name: file.npy}``: a batch carries them as ``embeddings``."""
     # --- optimisation
     batch_size: int = 64
     """Examples per optimizer step on each device (times gradient_accumulation)."""
@@ -82,7 +97,9 @@ class TrainConfig:
     eval_steps: int = 125
     """Evaluate on the dev sets every this many steps and keep the best model (0: never)."""
     eval_tasks: str = "stsb"
-    """Dev tasks for model selection: stsb, or stsb,sickr."""
+    """Dev tasks for model selection, as csekit eval's --tasks (dev sets): stsb, stsb,sickr, align_uniform, ..."""
+    eval_metric: str | None = None
+    """The metric that selects best/, family/metric (default: the first family's headline, e.g. sts/avg)."""
     data_dir: str | None = None
     """SentEval downstream/ folder for evaluation (default: $CSEKIT_DATA)."""
     save_steps: int | None = None
@@ -94,12 +111,36 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, source: str = "config") -> TrainConfig:
+        moved = [key for key in values if key in MOVED_KEYS]
+        if moved:
+            key = moved[0]
+            raise CsekitError(f"{source}: {key} moved to {MOVED_KEYS[key]}: write it there "
+                              f"(--set {MOVED_KEYS[key]}=...)")  # fmt: skip
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise CsekitError(f"{source}: unknown key(s) {', '.join(unknown)}; see `csekit train --help-keys`")
         hints = typing.get_type_hints(cls)
-        return cls(**{key: _coerce(value, hints[key], key, source) for key, value in values.items()})
+        config = cls(**{key: coerce(value, hints[key], f"{source}: {key}") for key, value in values.items()})
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        """Check choices and method options against the code (no model or data is loaded)."""
+        try:
+            check_pooler(self.pooler)
+            check_recipe_options(self.objective, self.options, self.wrappers)
+            families = split_tasks(self.eval_tasks, EvaluationSettings(mode="dev"))
+        except CsekitError as error:
+            raise CsekitError(f"{source}: {error}") from None
+        for key, value, choices in (("precision", self.precision, PRECISIONS), ("head_init", self.head_init, HEAD_INITS)):
+            if value not in choices:
+                raise CsekitError(f"{source}: {key} must be one of {', '.join(choices)}, not {value!r}")
+        first = next(iter(families))
+        self.eval_metric = self.eval_metric or f"{first}/{EVALUATORS[first].primary_metric}"
+        if self.eval_metric.split("/", 1)[0] not in families:
+            raise CsekitError(f"{source}: eval_metric {self.eval_metric!r} is not a metric of eval_tasks "
+                              f"{self.eval_tasks!r} (its families: {', '.join(families)})")  # fmt: skip
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -117,10 +158,7 @@ class TrainConfig:
             if not sep:
                 raise CsekitError(f"--set {override!r}: expected key=value")
             key, value = key.strip(), yaml.safe_load(text) if text.strip() else None
-            if key.startswith("options."):  # one objective option, e.g. options.dup_rate=0.3
-                values["options"] = {**(values.get("options") or {}), key.removeprefix("options."): value}
-            else:
-                values[key] = value
+            _set_dotted(values, key.split("."), value, override)
         return cls.from_dict(values, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,33 +171,20 @@ class TrainConfig:
         return "\n".join(f"{f.name:<24} {_default(f)!s:<14} {docs.get(f.name, '')}" for f in dataclasses.fields(cls))
 
 
-def _coerce(value: Any, hint: Any, key: str, source: str) -> Any:
-    """Check a YAML value against the field type; accept ints for floats and one path for a list."""
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (types.UnionType, typing.Union):
-        if value is None and type(None) in args:
-            return None
-        hint = next(arg for arg in args if arg is not type(None))
-        origin = typing.get_origin(hint)
-    if origin is dict:
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise CsekitError(f"{source}: {key} must be a mapping of names to values, got {value!r}")
-        return {str(name): item for name, item in value.items()}
-    if origin is list:
-        items = value if isinstance(value, list) else [value]
-        return [str(item) for item in items]
-    if hint is float and isinstance(value, int | float | str) and not isinstance(value, bool):
-        try:  # YAML reads 3e-5 (no dot) as a string; users write it that way
-            return float(value)
-        except ValueError:
-            pass
-    if hint is str and isinstance(value, int | float) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise CsekitError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
-    return value
+def _set_dotted(values: dict[str, Any], path: list[str], value: Any, override: str) -> None:
+    """``values[a][b] = value`` for ``a.b=value`` (options.dup_rate, wrappers.mlm.weight), making mappings on the way."""
+    *parents, last = path
+    target = values
+    for name in parents:
+        child = target.get(name)
+        if child is None:
+            child = target[name] = {}
+        elif not isinstance(child, dict):
+            raise CsekitError(f"--set {override!r}: {name} is not a mapping, so it has no key {last!r}")
+        else:
+            child = target[name] = dict(child)
+        target = child
+    target[last] = value
 
 
 def _default(f: dataclasses.Field) -> Any:

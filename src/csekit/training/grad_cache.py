@@ -34,7 +34,8 @@ def grad_cache_step(
 
     Equal (up to float rounding) to ``sum(objective(encoder, batch).values()).backward()`` when the
     plain step embeds the same chunks in the same order, with peak activation memory of one chunk.
-    Runs under the caller's autocast. The RNG leaves in the state a plain step would leave it in.
+    Runs under the caller's autocast. The RNG leaves in the state a plain step would leave it in. The
+    objective's ``after_micro_batch`` hook runs once, with the whole batch's embeddings.
     ``scale`` multiplies the loss before backward (1 / gradient-accumulation steps); the returned
     terms are unscaled.
     """
@@ -60,6 +61,7 @@ def grad_cache_step(
     # itself uses, e.g. a learned temperature: that part of the gradient is already exact).
     terms = objective.loss(embeddings, batch)
     (sum(terms.values()) * scale).backward()
+    objective.after_micro_batch({key: embedding.detach() for key, embedding in embeddings.items()})
     # Embeddings the loss does not use have no gradient to push back.
     grads = {
         key: embedding.grad.split([out[key].shape[0] for out in cached])  # chunks x (chunk, ...)
@@ -90,11 +92,11 @@ def split_batch(batch: Mapping[str, Any], chunk_size: int) -> list[dict[str, Any
 
 
 def _slice(value: Any, start: int, stop: int) -> Any:
-    if isinstance(value, Tensor):
-        return value[start:stop]  # (chunk, ...)
+    if isinstance(value, Tensor | list):
+        return value[start:stop]  # (chunk, ...), or a chunk of a column's raw texts
     if isinstance(value, Mapping):
         return {key: _slice(item, start, stop) for key, item in value.items()}
-    raise TypeError(f"cannot split a batch holding {type(value).__name__}; batches hold (B, ...) tensors")
+    raise TypeError(f"cannot split a batch holding {type(value).__name__}; batches hold (B, ...) tensors and lists")
 
 
 def _batch_size(batch: Mapping[str, Any]) -> int:

@@ -4,13 +4,13 @@ AdamW with linear warmup and decay, gradient clipping and accumulation, bf16 aut
 fp32 on CPU, dynamic padding over pre-tokenised data, the gradient cache for big batches, and data
 parallelism under ``torchrun`` with negatives gathered across ranks (inside the losses). Every
 ``eval_steps`` the model is scored on the dev sets and the best one is kept, as SimCSE selects its
-models; every ``save_steps`` a checkpoint is written from which ``resume=True`` continues exactly.
+models (any registered evaluator can select, by ``eval_metric`` and its direction); every
+``save_steps`` a checkpoint is written from which ``resume=True`` continues exactly.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import sys
 import time
@@ -23,12 +23,13 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
+from csekit.atomic import write_text
 from csekit.data.batches import TrainingData
-from csekit.distributed import get_rank, get_world_size
+from csekit.distributed import get_rank, get_world_size, init_distributed
 from csekit.errors import CsekitError
-from csekit.evaluation.sts import STSEvaluator
+from csekit.evaluation import EvaluationSettings, Evaluator, build_evaluators, evaluate_all, flat_metrics
 from csekit.models import SentenceEncoder, load_encoder
-from csekit.objectives import Objective, build_objective
+from csekit.objectives import Objective, RunContext, build_objective
 from csekit.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
 from csekit.training.config import TrainConfig
 from csekit.training.grad_cache import grad_cache_step
@@ -44,11 +45,12 @@ class TrainResult:
 
 
 def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
+    config.validate()
     if not config.model:
         raise CsekitError("no model given: set `model` in the recipe or --set model=...")
     if not config.train_files:
         raise CsekitError("no training data given: set `train_files` in the recipe")
-    device = _init_distributed(config.device)
+    device = init_distributed(config.device)
     rank, world_size = get_rank(), get_world_size()
     _seed_everything(config.seed)
     output = Path(config.output_dir)
@@ -60,9 +62,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         config.train_files,
         columns=objective.columns,
         tokenize=lambda texts: encoder.tokenize(texts, max_length=config.max_length),
-        pad_token_id=encoder.tokenizer.pad_token_id or 0,
+        pad_token_id=encoder.pad_token_id,
         streaming=config.streaming,
         skip_bad_lines=config.skip_bad_lines,
+        text_columns=objective.text_columns,
+        embedding_files=config.embedding_files,
     )
     if rank == 0 and not config.streaming:
         print(f"training data: {data.stats.summary()}", file=sys.stderr)
@@ -72,19 +76,17 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     optimizer = _adamw(_param_groups(parameters, config.weight_decay), config.learning_rate)
     warmup = int(config.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _linear_schedule(step, warmup, total_steps))
-    modules = {"encoder": encoder, "objective": objective}
-
     state = TrainState()
     checkpoint_dir = output / "checkpoint"
+    parts = {"encoder": encoder, "objective": objective, "optimizer": optimizer, "scheduler": scheduler}
     if resume:
-        state = load_checkpoint(checkpoint_dir, modules=modules, optimizer=optimizer, scheduler=scheduler, rank=rank)
+        state = load_checkpoint(checkpoint_dir, **parts, rank=rank)
     elif rank == 0:
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+        write_text(output / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    evaluator = None
+    evaluators = None
     if config.eval_steps and rank == 0:
-        evaluator = STSEvaluator(config.eval_tasks, mode="dev", data_dir=config.data_dir)
+        evaluators = build_evaluators(config.eval_tasks, EvaluationSettings(data_dir=config.data_dir, mode="dev"))
     logger = _MetricsLog(output, tensorboard=config.tensorboard, enabled=rank == 0)
     autocast = _autocast(config.precision, device)
     save_steps = config.save_steps or config.eval_steps
@@ -101,8 +103,10 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                     terms = grad_cache_step(objective, encoder, batch, config.grad_cache_chunk,
                                             scale=1.0 / config.gradient_accumulation)  # fmt: skip
                 else:
-                    terms = objective(encoder, batch)
+                    embeddings = objective.embed(encoder, batch)
+                    terms = objective.loss(embeddings, batch)
                     (sum(terms.values()) / config.gradient_accumulation).backward()
+                    objective.after_micro_batch({key: value.detach() for key, value in embeddings.items()})
             for name, value in terms.items():  # tensors: no device sync until a step is logged
                 accumulated[name] = accumulated.get(name, 0.0) + value.detach() / config.gradient_accumulation
             state.batches_in_epoch += 1
@@ -135,11 +139,10 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                 progress.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/lr']:.2e}",
                                      sent_s=f"{rate:.0f}")  # fmt: skip
             accumulated = {}
-            if evaluator is not None and state.step % config.eval_steps == 0:
-                _evaluate(evaluator, encoder, state, output, logger)
+            if evaluators is not None and state.step % config.eval_steps == 0:
+                _evaluate(evaluators, config.eval_metric, encoder, state, output, logger)
             if save_steps and state.step % save_steps == 0:
-                save_checkpoint(checkpoint_dir, modules=modules, optimizer=optimizer, scheduler=scheduler,
-                                state=state, rank=rank, world_size=world_size)  # fmt: skip
+                save_checkpoint(checkpoint_dir, **parts, state=state, rank=rank, world_size=world_size)
             if state.step >= total_steps:
                 break
         else:  # the epoch ran out of batches
@@ -149,11 +152,11 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
                 raise CsekitError(f"the training data has fewer than {config.batch_size * world_size} examples")
     progress.close()
 
-    if evaluator is not None and state.step % config.eval_steps != 0:
-        _evaluate(evaluator, encoder, state, output, logger)
+    if evaluators is not None and state.step % config.eval_steps != 0:
+        _evaluate(evaluators, config.eval_metric, encoder, state, output, logger)
     if rank == 0:
         encoder.save(output / "final")
-        if evaluator is None:  # no model selection: the last model is the best one known
+        if evaluators is None:  # no model selection: the last model is the best one known
             encoder.save(output / "best")
     logger.close()
     if world_size > 1:
@@ -165,12 +168,14 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
 # ------------------------------------------------------------------------------------ pieces
 def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> tuple[SentenceEncoder, Objective]:
     """The encoder and objective of ``config``, in training mode on ``device``."""
-    encoder = load_encoder(config.model, pooler=config.pooler).to(device)
+    encoder = load_encoder(config.model, pooler=config.pooler, pretrained_head=config.head_init == "pretrained").to(device)
     encoder.head_at_inference = not config.mlp_only_train
     if config.dropout is not None:
         set_dropout(encoder, config.dropout)
-    shared = {key: value for key, value in config.to_dict().items() if key != "options"}
-    objective = build_objective(config.objective, encoder, options=config.options, **shared).to(device)
+    context = RunContext(model=config.model, batch_size=config.batch_size, max_length=config.max_length,
+                         world_size=get_world_size())  # fmt: skip
+    objective = build_objective(config.objective, encoder, options=config.options, context=context,
+                                wrappers=config.wrappers).to(device)  # fmt: skip
     # from_pretrained returns models in eval mode: with dropout off the two SimCSE views coincide
     # and the unsupervised loss has nothing to learn from.
     encoder.train()
@@ -188,15 +193,20 @@ def set_dropout(encoder: SentenceEncoder, probability: float) -> None:
             module.p = probability
 
 
-def _evaluate(evaluator: STSEvaluator, encoder: SentenceEncoder, state: TrainState, output: Path, logger) -> None:
-    metrics = evaluator.evaluate(encoder)  # encode() switches to eval mode and back
-    score = metrics[evaluator.primary_metric]
-    improved = state.best_metric is None or score > state.best_metric
-    if improved:
+def _evaluate(evaluators: dict[str, Evaluator], metric: str, encoder: SentenceEncoder, state: TrainState,
+              output: Path, logger) -> None:  # fmt: skip
+    """Score the dev sets; keep the model as best/ when ``metric`` (family/name) improved in its direction."""
+    results = evaluate_all(encoder, evaluators)  # encode() switches to eval mode and back
+    family, name = metric.split("/", 1)
+    if name not in results[family]:
+        raise CsekitError(f"eval_metric {metric!r}: {family} has no metric {name!r}; it has "
+                          f"{', '.join(key for key in results[family] if '/' not in key)}")  # fmt: skip
+    score = results[family][name]
+    if evaluators[family].improves(name, score, state.best_metric):
         state.best_metric, state.best_step = score, state.step
         encoder.save(output / "best")
-    logger.log(state.step, {f"dev/{key}": value for key, value in metrics.items() if "/" not in key}
-               | {"dev/best": state.best_metric})  # fmt: skip
+    dev = {f"dev/{key}": value for key, value in flat_metrics(results).items() if key.count("/") == 1}
+    logger.log(state.step, dev | {"dev/best": state.best_metric})
 
 
 def _total_steps(config: TrainConfig, batches_per_epoch: int | None) -> int:
@@ -261,14 +271,14 @@ def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
     return dict(zip(values, (tensor / get_world_size()).tolist()))
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {key: _to_device(value, device) if isinstance(value, dict) else value.to(device, non_blocking=True)
-            for key, value in batch.items()}  # fmt: skip
+def _to_device(value, device: torch.device):
+    """Tensors of a (nested) batch moved to ``device``; raw texts stay as they are."""
+    if isinstance(value, dict):
+        return {key: _to_device(item, device) for key, item in value.items()}
+    return value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
 
 
 def _autocast(precision: str, device: torch.device):
-    if precision not in ("auto", "fp32", "bf16"):
-        raise CsekitError(f"precision must be auto, fp32 or bf16, not {precision!r}")
     use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
@@ -277,21 +287,6 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _init_distributed(device_name: str | None) -> torch.device:
-    """Join the process group ``torchrun`` describes in the environment; pick this process's device."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() and (device_name is None or device_name.startswith("cuda"))
-    if world_size > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
-    if device_name and device_name != "cuda":
-        return torch.device(device_name)
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
-    return torch.device("cpu")
 
 
 class _MetricsLog:
