@@ -23,5 +23,6 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
-	$(BIN)/python -m pip install -q ruff
+	$(BIN)/python -m pip install -q -e ".[lint]"
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports  # the layer and no-cycle contracts of pyproject.toml
