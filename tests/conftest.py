@@ -101,6 +101,25 @@ def write_recipe(folder: Path, model: Path, **overrides) -> Path:
     return path
 
 
+def assert_grad_cache_matches_plain_step(objective, encoder, batch: dict, chunk_size: int = 2) -> None:
+    """The gradient cache's terms and gradients equal the plain step's over the same chunks (same draws)."""
+    from csekit.training.grad_cache import grad_cache_step, split_batch
+
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    torch.manual_seed(1)
+    parts = [objective.embed(encoder, chunk) for chunk in split_batch(batch, chunk_size)]
+    plain_terms = objective.loss({key: torch.cat([part[key] for part in parts]) for key in parts[0]}, batch)
+    sum(plain_terms.values()).backward()
+    plain = [p.grad.clone() for p in params]
+    encoder.zero_grad()
+    torch.manual_seed(1)
+    cached_terms = grad_cache_step(objective, encoder, batch, chunk_size)
+    for name, value in plain_terms.items():
+        assert cached_terms[name].item() == pytest.approx(value.item(), abs=1e-6), name
+    for expected, param in zip(plain, params):
+        torch.testing.assert_close(param.grad, expected, atol=1e-6, rtol=1e-5)
+
+
 def free_port() -> str:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

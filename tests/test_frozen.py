@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import SENTENCES, make_tiny_encoder, tiny_roberta, write_recipe
+from conftest import SENTENCES, assert_grad_cache_matches_plain_step, make_tiny_encoder, tiny_roberta, write_recipe
 from safetensors.torch import load_file
 
 from csekit import CsekitError, load_encoder
@@ -14,7 +14,7 @@ from csekit.cli.main import main
 from csekit.data.batches import EMBEDDINGS, TEXT, TrainingData
 from csekit.data.collate import pad_batch
 from csekit.objectives import build_objective
-from csekit.training.grad_cache import grad_cache_step, split_batch
+from csekit.training.grad_cache import split_batch
 
 TEXTS = ["a man plays the guitar .", "two dogs run in a field .", "the stock market fell today .",
          "she slices an onion , slowly !", "kids play in the snow .", "a red car ."]  # fmt: skip
@@ -44,18 +44,7 @@ def test_a_helper_with_its_own_tokenizer_reads_the_raw_text_of_its_columns(other
         objective.embed(student, {"sent0": batch["sent0"]})
     # The gradient cache cuts the raw texts with the rows, so each chunk's helper sees its own sentences.
     assert split_batch(batch, 4)[1][TEXT]["sent0"] == TEXTS[4:]
-    params = [p for p in student.parameters() if p.requires_grad]
-    torch.manual_seed(1)
-    parts = [objective.embed(student, chunk) for chunk in split_batch(batch, 2)]
-    plain = objective.loss({key: torch.cat([part[key] for part in parts]) for key in parts[0]}, batch)
-    sum(plain.values()).backward()
-    expected_grads = [p.grad.clone() for p in params]
-    student.zero_grad()
-    torch.manual_seed(1)
-    cached = grad_cache_step(objective, student, batch, 2)
-    assert cached["contrastive"].item() == pytest.approx(plain["contrastive"].item(), abs=1e-6)
-    for expected_grad, param in zip(expected_grads, params):
-        torch.testing.assert_close(param.grad, expected_grad, atol=1e-6, rtol=1e-5)
+    assert_grad_cache_matches_plain_step(objective, student, batch)
 
 
 def test_a_helper_that_reads_the_students_token_ids_needs_its_vocabulary(other_tokenizer_model):

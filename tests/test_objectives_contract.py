@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_encoder, tiny_config
+from conftest import assert_grad_cache_matches_plain_step, make_tiny_encoder, tiny_config
 from transformers import BertForMaskedLM
 
 import csekit.objectives
@@ -20,7 +20,6 @@ from csekit import CsekitError
 from csekit.data.collate import pad_batch
 from csekit.objectives import OBJECTIVES, WRAPPERS, Objective, ObjectiveWrapper, RunContext, build_objective
 from csekit.objectives.options import option_parameters
-from csekit.training.grad_cache import grad_cache_step
 
 TEXTS = ["a man plays the guitar .", "two dogs run .", "the market fell today .", "she slices an onion .",
          "kids play in the snow .", "a red car ."]  # fmt: skip
@@ -128,24 +127,7 @@ def test_gradient_cache_equals_the_plain_step_for_every_objective(name):
     objective = build_objective(name, encoder, options=CONTRACT_OPTIONS.get(name)).train()
     if not objective.supports_grad_cache:
         pytest.skip(f"{name} declares no gradient-cache support")
-    batch = batch_for(objective, encoder)
-    params = [p for p in encoder.parameters() if p.requires_grad]
-
-    torch.manual_seed(1)
-    chunks = [{c: {k: v[i : i + 2] for k, v in f.items()} for c, f in batch.items()} for i in range(0, 6, 2)]
-    parts = [objective.embed(encoder, chunk) for chunk in chunks]
-    joined = {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-    plain_terms = objective.loss(joined, batch)
-    sum(plain_terms.values()).backward()
-    plain = [p.grad.clone() for p in params]
-    encoder.zero_grad()
-
-    torch.manual_seed(1)
-    cached_terms = grad_cache_step(objective, encoder, batch, 2)
-    for name_, value in plain_terms.items():
-        assert cached_terms[name_].item() == pytest.approx(value.item(), abs=1e-6)
-    for expected, param in zip(plain, params):
-        torch.testing.assert_close(param.grad, expected, atol=1e-6, rtol=1e-5)
+    assert_grad_cache_matches_plain_step(objective, encoder, batch_for(objective, encoder))
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
@@ -159,22 +141,8 @@ def test_the_mlm_wrapper_composes_with_every_objective_and_the_gradient_cache(na
     batch = batch_for(objective, encoder)
     terms = objective(encoder, batch)
     assert "mlm" in terms and set(terms) - {"mlm"} == set(objective.inner(encoder, batch))
-    if not objective.supports_grad_cache:
-        return
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    torch.manual_seed(1)
-    chunks = [{c: {k: v[i : i + 2] for k, v in f.items()} for c, f in batch.items()} for i in range(0, 6, 2)]
-    parts = [objective.embed(encoder, chunk) for chunk in chunks]
-    plain_terms = objective.loss({key: torch.cat([part[key] for part in parts]) for key in parts[0]}, batch)
-    sum(plain_terms.values()).backward()
-    plain = [p.grad.clone() for p in params]
-    encoder.zero_grad()
-    torch.manual_seed(1)
-    cached_terms = grad_cache_step(objective, encoder, batch, 2)
-    for term, value in plain_terms.items():
-        assert cached_terms[term].item() == pytest.approx(value.item(), abs=1e-6)
-    for expected, param in zip(plain, params):
-        torch.testing.assert_close(param.grad, expected, atol=1e-6, rtol=1e-5)
+    if objective.supports_grad_cache:
+        assert_grad_cache_matches_plain_step(objective, encoder, batch)
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))

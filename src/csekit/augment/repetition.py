@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError
 
 #: The reference caps the number of repeated tokens below this, whatever the sentence length.
@@ -66,11 +67,5 @@ def repeat_tokens(
             order = order[: max_length - 1] + order[-1:]  # keep the end token
         for key, values in fields.items():
             rows[key].append([values[row][i] for i in order])
-    longest = max((len(ids) for ids in rows["input_ids"]), default=0)
-    padded = {}
-    for key, values in rows.items():
-        fill = pad_token_id if key == "input_ids" else 0
-        padded[key] = torch.tensor(
-            [ids + [fill] * (longest - len(ids)) for ids in values], dtype=tokens[key].dtype, device=device
-        )  # (B, T')
-    return padded
+    padded = pad_batch([{key: rows[key][i] for key in rows} for i in range(len(lengths))], pad_token_id)  # (B, T')
+    return {key: value.to(device=device, dtype=tokens[key].dtype) for key, value in padded.items()}

@@ -23,7 +23,14 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.help_keys:
+        from csekit.objectives import OBJECTIVES, WRAPPERS
+        from csekit.objectives.options import describe_options
+
         print(TrainConfig.describe())
+        print("\noptions: of each objective (name=default)")
+        print("\n".join(f"  {name:<12} {describe_options(cls)}" for name, cls in OBJECTIVES.items()))
+        print("wrappers: (name=default)")
+        print("\n".join(f"  {name:<12} {describe_options(cls)}" for name, cls in WRAPPERS.items()))
         return 0
     if not args.recipe:
         raise SystemExit("csekit train: a recipe is required (see recipes/)")

@@ -45,20 +45,23 @@ def load_encoder(
     kinds = [_kind(module) for module in modules]
     after = [module for module, kind in zip(modules[1:], kinds[1:]) if kind not in _POOLING_KINDS]
     head, outputs, normalize = None, [], False
-    for module in after:
+    for module in after:  # the head (dense + tanh), output maps (Dense), Normalize, in that order
+        kind, where = _kind(module), f"{name_or_path}/{module['path']}"
         if normalize:
             raise CsekitError(f"{name_or_path}: Normalize must be the last module")
-        kind, where = _kind(module), f"{name_or_path}/{module['path']}"
         if kind == "Normalize":
             normalize = True
-        elif kind != "Dense":
+            continue
+        if kind != "Dense":
             raise CsekitError(f"{name_or_path}: module {module['type']} is not one csekit can load")
-        elif dense_activation(config := _read_json(name_or_path, f"{module['path']}/config.json") or {}).endswith("Tanh"):
-            if head is not None or outputs:
-                raise CsekitError(f"{where}: csekit loads one dense + tanh head, right after pooling")
-            head = MLPHead.from_stock(config, _dense_state(name_or_path, module["path"]), where=where)
+        config = _read_json(name_or_path, f"{module['path']}/config.json") or {}
+        weights = _dense_state(name_or_path, module["path"])
+        if not dense_activation(config).endswith("Tanh"):
+            outputs.append(AffineMap.from_stock(config, weights, where=where))
+        elif head is None and not outputs:
+            head = MLPHead.from_stock(config, weights, where=where)
         else:
-            outputs.append(AffineMap.from_stock(config, _dense_state(name_or_path, module["path"]), where=where))
+            raise CsekitError(f"{where}: csekit loads one dense + tanh head, right after pooling")
     encoder, saved_name = load_input(name_or_path, modules, pooler=pooler, max_length=max_length, has_head=head is not None)
     if outputs and encoder.pooler.name != saved_name:
         raise CsekitError(f"{name_or_path}: its output map (whitening) was fitted after the {saved_name} pooler "

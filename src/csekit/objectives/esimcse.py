@@ -25,10 +25,9 @@ the new weights, one step earlier, which gives the same momentum weights at ever
 
 Gradient cache and accumulation: the keys are an ordinary row-wise output of ``embed`` (graph-free),
 ``after_micro_batch`` stages them (``loss`` is pure), and ``after_step`` enqueues everything staged since
-the last step. So a
-loss never sees keys of its own optimizer step, however the batch is chunked or accumulated. Under
-``torchrun`` the staged keys are gathered from all ranks in rank order, so every rank holds the same
-queue and W ranks x B examples train like one process with W x B.
+the last step. So a loss never sees keys of its own optimizer step, however the batch is chunked or
+accumulated. Under ``torchrun`` the staged keys are gathered from all ranks in rank order, so every rank
+holds the same queue and W ranks x B examples train like one process with W x B.
 
 Where this differs from the reference code, on purpose: its momentum encoder is built before the
 pretrained weights are loaded and so starts from a random initialisation (its training log lists
