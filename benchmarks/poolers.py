@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from csekit.evaluation.sts import TASKS, TITLES, STSEvaluator
-from csekit.models import POOLERS, load_encoder
+from csekit.models import POOLERS, MaskPooler, load_encoder
+from csekit.models.prompt import SENTENCE_ENDS
 
 SHARED = Path(os.environ.get("CSEKIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
@@ -45,8 +46,18 @@ def main() -> None:
     print("| --- |" + " ---: |" * (len(TASKS) + 1))
     for pooler, metrics in results.items():
         print(f"| {pooler} | " + " | ".join(f"{metrics[t]:.2f}" for t in (*TASKS, "avg")) + " |")
+    if any(issubclass(POOLERS[pooler], MaskPooler) for pooler in args.poolers):
+        # PromptBERT's test protocol ends a sentence without final punctuation with a period: how many it changes.
+        shares = {task: _share_without_end(evaluator.data[task]) for task in TASKS}
+        print("\nsentences the prompt poolers' period changes: "
+              + ", ".join(f"{TITLES[task]} {100 * share:.0f}%" for task, share in shares.items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "results": results}, indent=1) + "\n")
+
+
+def _share_without_end(subsets) -> float:
+    texts = [text for subset in subsets for text in (*subset.first, *subset.second)]
+    return sum(1 for text in texts if text and text[-1] not in SENTENCE_ENDS) / len(texts)
 
 
 if __name__ == "__main__":
