@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     if args.json_path:
-        record = {"machine": info, "device": device, "model": args.model, "tasks": tasks, "repeats": args.repeats,
+        record = {"machine": info, "device": device, "model": os.path.relpath(args.model) if os.path.exists(args.model) else args.model, "tasks": tasks, "repeats": args.repeats,
                   "limit_pairs": args.limit_pairs, "methods": summary, "ratio_plain_over_csekit": ratio,
                   "avg_difference": difference, "agree": agree}  # fmt: skip
         Path(args.json_path).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -41,7 +41,7 @@ from csekit.objectives.dclr import false_negative_weights, noise_negatives
 from csekit.objectives.debcse import negative_weights, surface_similarity
 from csekit.objectives.gcse import gaussian_decay_weights, place_own_hard_negative_weights
 
-SHARED = Path(os.environ.get("CSEKIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = Path(os.environ.get("CSEKIT_SHARED", os.path.relpath(Path(__file__).resolve().parents[2] / "shared")))  # printed: relative
 TEMPERATURE = 0.05
 
 

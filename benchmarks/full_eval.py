@@ -135,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     encoder, load_seconds = timed(lambda: load_encoder(args.model, pooler=args.pooler).to(device))
     parts = run_parts(args, encoder, device)
-    record = {"model": args.model, "pooler": encoder.pooler.name, "device": device, "machine": machine(),
+    shown = os.path.relpath(args.model) if os.path.exists(args.model) else args.model  # no paths of this machine
+    record = {"model": shown, "pooler": encoder.pooler.name, "device": device, "machine": machine(),
               "transfer_mode": args.transfer_mode, "limit": args.limit, "load_seconds": load_seconds,
               "total_seconds": load_seconds + sum(row["seconds"] for row in parts), "parts": parts}  # fmt: skip
     text = markdown(record)
