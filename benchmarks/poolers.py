@@ -22,7 +22,7 @@ from csekit.evaluation.sts import TASKS, TITLES, STSEvaluator
 from csekit.models import POOLERS, MaskPooler, load_encoder
 from csekit.models.prompt import SENTENCE_ENDS
 
-SHARED = Path(os.environ.get("CSEKIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+SHARED = Path(os.environ.get("CSEKIT_SHARED", os.path.relpath(Path(__file__).resolve().parents[2] / "shared")))  # printed: relative
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("CSEKIT_SHARED", ROOT.parent / "shared"))
+SHARED = Path(os.environ.get("CSEKIT_SHARED", os.path.relpath(ROOT.parent / "shared")))  # printed: relative
 DEFAULT_MODEL = SHARED / "models" / "bert-mini-mlm"
 DEFAULT_DATA = SHARED / "data" / "train" / "unsup" / "wiki1m_for_simcse.first11914lines.txt"
 
