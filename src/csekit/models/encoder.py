@@ -61,9 +61,8 @@ class SentenceEncoder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
-        self.pooler: Pooler = nn.Identity()  # set_pooler puts the real one here (and checks it)
         self.head: nn.Module | None = None
-        self.set_pooler(pooler, head=head)
+        self.set_pooler(pooler, head=head)  # checks the pooler, and sets the head it takes
         self.head_at_inference = head_at_inference
         self.outputs = nn.ModuleList(outputs)
         self.max_length = max_length or _default_max_length(backbone, tokenizer)
