@@ -3,6 +3,7 @@ order, gradient cache, two ranks equal to one process, and a resumed run that re
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -13,6 +14,7 @@ from safetensors.torch import load_file, save_file
 from csekit.augment.repetition import repeat_tokens
 from csekit.cli.main import main
 from csekit.data.collate import pad_batch
+from csekit.data.senteval import sha256_of
 from csekit.errors import CsekitError
 from csekit.objectives import RunContext, build_objective
 from csekit.training.grad_cache import grad_cache_step, split_batch
@@ -245,8 +247,12 @@ def test_resumed_run_restores_queue_and_momentum_encoder(tmp_path):
     for name in expected:
         assert torch.equal(resumed[name], expected[name]), name
 
-    # The queue matters: resuming with it emptied ends elsewhere.
+    # The queue matters: resuming with it emptied ends elsewhere (the manifest signed again for the edit,
+    # which a resume refuses otherwise).
     save_file({**saved, "objective.queue_length": torch.zeros((), dtype=torch.long)}, checkpoint)
+    manifest = json.loads((checkpoint.parent / "manifest.json").read_text())
+    manifest[checkpoint.name] = {"sha256": sha256_of(checkpoint), "bytes": checkpoint.stat().st_size}
+    (checkpoint.parent / "manifest.json").write_text(json.dumps(manifest))
     shutil.rmtree(run / "final")
     assert main(["train", str(recipe), "--resume"]) == 0
     emptied = final_weights(run)

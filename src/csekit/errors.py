@@ -5,3 +5,9 @@ from __future__ import annotations
 
 class CsekitError(Exception):
     """Bad input (a missing file, a malformed line, an unknown name): the CLI prints it as one line."""
+
+
+class Interrupted(CsekitError):
+    """A run stopped on request (Ctrl-C, SIGTERM) after saving what it needs to continue."""
+
+    exit_code = 130  # the shell's code for a process stopped by Ctrl-C

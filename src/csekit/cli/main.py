@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args) or 0
     except CsekitError as error:
         print(f"csekit: error: {error}", file=sys.stderr)
-        return 2
+        return getattr(error, "exit_code", 2)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,8 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--skip-bad-lines", action="store_true",
                         help="count and skip malformed training lines instead of stopping at the first")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run OUTPUT_DIR holds (its best/, final/, checkpoint/, logs) with a new one")  # fmt: skip
     parser.add_argument("--compare-sts", action="store_true",
                         help="afterwards, print the STS test table of the starting model beside the trained one")  # fmt: skip
     parser.add_argument("--help-keys", action="store_true", help="list every recipe key with its default")
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = [*args.overrides, *(["skip_bad_lines=true"] if args.skip_bad_lines else [])]
     config = TrainConfig.from_yaml(args.recipe, overrides)
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     if get_rank() != 0:  # under torchrun, one process reports
         return 0
     if result.best_metric is not None:

@@ -66,6 +66,7 @@ class TrainingData:
         tokenize: Tokenize,
         pad_token_id: int,
         skip_bad_lines: bool = False,
+        max_bad_share: float = 1.0,
         streaming: bool = False,
         buffer_size: int = 10_000,
         text_columns: Sequence[str] = (),
@@ -80,6 +81,8 @@ class TrainingData:
         self.tokenize = tokenize
         self.pad_token_id = pad_token_id
         self.skip_bad_lines = skip_bad_lines
+        #: With skip_bad_lines, a pass over the files with a larger share of bad lines is an error.
+        self.max_bad_share = max_bad_share
         self.streaming = streaming
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be at least 1, not {buffer_size}")
@@ -175,6 +178,7 @@ class TrainingData:
         while True:
             group = [example for _, example in zip(range(global_size), examples)]
             if not group or (drop_last and len(group) < global_size):
+                self._check_bad_share()
                 break
             number += 1
             if number > skip:  # skipped batches still pass through the buffer: the order must not change
@@ -215,12 +219,20 @@ class TrainingData:
             for column in self.text_columns:
                 self._texts.setdefault(column, []).extend(example[column] for example in chunk)
         self._size = self.stats.read
+        self._check_bad_share()
         if self._size == 0:
             raise CsekitError(f"no training examples in {self._names()} ({self.stats.summary()})")
         self._tokens = {
             column: {key: _Ragged.concat(pieces) for key, pieces in fields.items()}
             for column, fields in parts.items()
         }
+
+    def _check_bad_share(self) -> None:
+        stats = self.stats
+        lines = stats.read + stats.bad
+        if stats.bad and stats.bad > self.max_bad_share * lines:
+            raise CsekitError(f"{stats.bad} of {lines} lines of {self._names()} are bad, more than the "
+                              f"{100 * self.max_bad_share:g}% max_bad_share allows: fix the file (first: {stats.first_bad})")  # fmt: skip
 
     def _names(self) -> str:
         return ", ".join(str(path) for path in self.paths)

@@ -57,8 +57,8 @@ class ReadStats:
             text += f" (lines {lines}{more}; first: {self.first_bad})"
         return text
 
-    def _add_bad(self, line: int, message: str) -> None:
-        self.bad += 1
+    def _add_bad(self, line: int, message: str, lines: int = 1) -> None:
+        self.bad += lines
         if len(self.bad_lines) < MAX_BAD_LINES:
             self.bad_lines.append(line)
         if self.first_bad is None:
@@ -116,15 +116,15 @@ def read_many(
 
 
 # ---------------------------------------------------------------------------------------- internals
-ReportBad = Callable[[int, str], None]
+ReportBad = Callable[..., None]  # (line, reason, lines=1): ``lines`` a bad record spans
 
 
 def _read(path: Path, suffix: str, columns: tuple[str, ...], skip_bad_lines: bool, stats: ReadStats):
-    def report_bad(line: int, reason: str) -> None:
+    def report_bad(line: int, reason: str, lines: int = 1) -> None:
         message = f"{path}:{line}: {reason}"
         if not skip_bad_lines:
             raise CsekitError(f"{message} (skip_bad_lines skips such lines)")
-        stats._add_bad(line, message)
+        stats._add_bad(line, message, lines)
 
     parse = {".txt": _parse_txt, ".csv": _parse_csv, ".tsv": _parse_csv, ".jsonl": _parse_jsonl}[suffix]
     with path.open("rb") as file:  # bytes, so a decoding error names its line, not a buffer offset
@@ -209,7 +209,9 @@ def _parse_csv(lines: _Lines, *, path: Path, suffix: str, columns: tuple[str, ..
         except StopIteration:
             break
         except csv.Error as error:  # a stray or unterminated quote, an oversized field
-            report_bad(lines.first or lines.number, f"malformed {suffix[1:].upper()} row ({error})")
+            # An unterminated quote swallows the lines after it into one record: each of them is lost.
+            first = lines.first or lines.number
+            report_bad(first, f"malformed {suffix[1:].upper()} row ({error})", lines.number - first + 1)
             continue
         if not any(value.strip() for value in row):
             yield None  # blank line
@@ -225,7 +227,8 @@ def _parse_csv(lines: _Lines, *, path: Path, suffix: str, columns: tuple[str, ..
             positions = [header.index(column) for column in columns]
             continue
         if len(row) != len(header):
-            report_bad(lines.first, f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}")
+            report_bad(lines.first, f"expected {len(header)} fields ({', '.join(header)}), found {len(row)}",
+                       lines.number - lines.first + 1)  # fmt: skip
             continue
         yield {column: row[position] for column, position in zip(columns, positions)}
     if header is None:

@@ -5,12 +5,16 @@ A checkpoint is a folder that appears whole or not at all (written beside, then 
     weights.safetensors      encoder and objective parameters and buffers (frozen helpers left out)
     optimizer.pt             optimizer and scheduler state (tensors and numbers: weights_only load)
     rng-rank{r}.pt           each rank's torch CPU/CUDA RNG state (dropout is the augmentation)
-    state.json               step, data position, best dev score, Python and NumPy RNG states, and each
-                             frozen helper's reference and fingerprint
+    state.json               step, data position, best dev score, Python and NumPy RNG states, the recipe,
+                             and each frozen helper's reference and fingerprint
+    manifest.json            every other file's sha256 and size
 
-With the same recipe, a run resumed from it continues bit for bit where the killed run stopped. Frozen
-helpers are rebuilt from their references when the objective is built; resuming checks that each one
-is the model the checkpoint was trained with.
+With the same recipe, a run resumed from it continues bit for bit where the killed run stopped. Before
+anything loads, every file is checked against the manifest: a missing, truncated or altered file is a
+one-line error naming it. Frozen helpers are rebuilt from their references when the objective is built;
+resuming checks that each one is the model the checkpoint was trained with. The previous checkpoint is
+replaced only once the new one is complete (an atomic folder swap, undone at the next start if a crash
+fell inside it: :func:`csekit.training.run_folder.tidy`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from csekit.atomic import replace_dir
+from csekit.data.senteval import sha256_of
 from csekit.errors import CsekitError
 from csekit.models.encoder import SentenceEncoder
 from csekit.objectives import Objective
@@ -43,9 +48,13 @@ class TrainState:
     best_step: int | None = None
 
 
+MANIFEST = "manifest.json"
+
+
 def save_checkpoint(folder: Path, *, encoder: SentenceEncoder, objective: Objective, optimizer, scheduler,
-                    state: TrainState, rank: int = 0, world_size: int = 1) -> None:  # fmt: skip
-    """Rank 0 writes weights and state; every rank writes its RNG state (call on all ranks)."""
+                    state: TrainState, rank: int = 0, world_size: int = 1, config: dict | None = None) -> None:  # fmt: skip
+    """Rank 0 writes weights and state; every rank writes its RNG state (call on all ranks). ``config``, the
+    run's recipe, is kept to check a resumed run against it."""
     if world_size > 1:
         # Each rank's RNG file goes into a shared staging folder first; rank 0 then renames it in.
         staging = folder.with_name(f".{folder.name}.staging")
@@ -69,33 +78,74 @@ def save_checkpoint(folder: Path, *, encoder: SentenceEncoder, objective: Object
         save_file(tensors, staging / "weights.safetensors")
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, staging / "optimizer.pt")
         record = {"train_state": asdict(state), "python_rng": _python_rng(), "numpy_rng": _numpy_rng(),
-                  "helpers": _helper_fingerprints(objective)}  # fmt: skip
+                  "helpers": _helper_fingerprints(objective), "config": config}  # fmt: skip
         (staging / "state.json").write_text(json.dumps(record) + "\n", encoding="utf-8")
+        files = sorted(path.name for path in staging.iterdir())
+        manifest = {name: {"sha256": sha256_of(staging / name), "bytes": (staging / name).stat().st_size} for name in files}
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
         replace_dir(staging, folder)
     if world_size > 1:
         torch.distributed.barrier()
 
 
-def load_checkpoint(folder: Path, *, encoder: SentenceEncoder, objective: Objective, optimizer, scheduler,
-                    rank: int = 0) -> TrainState:  # fmt: skip
+def read_state(folder: Path) -> dict:
+    """The checkpoint's state.json, after every file passed the manifest's check."""
     if not (folder / "state.json").is_file():
         raise CsekitError(f"no checkpoint to resume from in {folder}")
-    record = json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    verify(folder)
+    try:
+        return json.loads((folder / "state.json").read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise CsekitError(f"{folder / 'state.json'}: not valid JSON ({error}); the checkpoint is damaged") from None
+
+
+def verify(folder: Path) -> None:
+    """Every file the manifest lists is there with its size and sha256 (checkpoints without one: not checked)."""
+    if not (folder / MANIFEST).is_file():
+        return
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+    except ValueError:
+        raise CsekitError(f"{folder / MANIFEST}: not valid JSON; the checkpoint is damaged") from None
+    for name, expected in manifest.items():
+        path = folder / name
+        if not path.is_file():
+            raise CsekitError(f"checkpoint file {path} is missing")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise CsekitError(f"checkpoint file {path} is truncated or grown: {size} bytes, {expected['bytes']} written")
+        if sha256_of(path) != expected["sha256"]:
+            raise CsekitError(f"checkpoint file {path} was altered after it was written (sha256 differs)")
+
+
+def load_checkpoint(folder: Path, record: dict, *, encoder: SentenceEncoder, objective: Objective, optimizer,
+                    scheduler, rank: int = 0) -> TrainState:  # fmt: skip
+    """Restore a checkpoint whose state.json :func:`read_state` returned (``record``), and its RNG states."""
     _check_helpers(record.get("helpers"), objective, folder)
-    tensors = load_file(folder / "weights.safetensors")
+    try:
+        tensors = load_file(folder / "weights.safetensors")
+        saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        rng_file = folder / f"rng-rank{rank}.pt"
+        if not rng_file.is_file():
+            raise CsekitError(f"{folder} was written by a run with fewer processes (no {rng_file.name})")
+        rng = torch.load(rng_file, weights_only=True)
+    except CsekitError:
+        raise
+    except Exception as error:  # a damaged file of a checkpoint without a manifest
+        raise CsekitError(f"{folder}: cannot read the checkpoint ({type(error).__name__}: {str(error)[:120]})") from None
 
     def own(prefix: str) -> dict[str, torch.Tensor]:
         return {key[len(prefix) + 1 :]: value for key, value in tensors.items() if key.startswith(prefix + ".")}
 
-    encoder.load_state_dict(own("encoder"))
-    objective.load_trainable_state_dict(own("objective"))
-    saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    rng_file = folder / f"rng-rank{rank}.pt"
-    if not rng_file.is_file():
-        raise CsekitError(f"{folder} was written by a run with fewer processes (no {rng_file.name})")
-    _restore_rng(torch.load(rng_file, weights_only=True), record)
+    try:
+        encoder.load_state_dict(own("encoder"))
+        objective.load_trainable_state_dict(own("objective"))
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    except (RuntimeError, KeyError, ValueError) as error:
+        raise CsekitError(f"{folder}: the checkpoint does not fit this model and objective "
+                          f"({str(error).splitlines()[0][:160]})") from None  # fmt: skip
+    _restore_rng(rng, record)
     return TrainState(**record["train_state"])
 
 

@@ -26,6 +26,10 @@ from csekit.objectives.options import coerce
 
 PRECISIONS = ("auto", "fp32", "bf16")
 HEAD_INITS = ("fresh", "pretrained")
+#: Keys a resumed run may change: they steer when things happen, not what is trained (a changed max_steps
+#: or epochs recomputes the linear decay for the new total from the step reached).
+RESUMABLE_CHANGES = frozenset({"max_steps", "epochs", "eval_steps", "save_steps", "logging_steps", "tensorboard",
+                               "data_dir", "device", "skip_bad_lines", "max_bad_share"})  # fmt: skip
 #: Recipe keys of earlier versions -> where they live now.
 MOVED_KEYS = {
     "temperature": "options.temperature",
@@ -64,6 +68,8 @@ class TrainConfig:
     """Read the files again each epoch through a shuffle buffer instead of holding them in memory."""
     skip_bad_lines: bool = False
     """Count and skip malformed lines instead of stopping at the first one."""
+    max_bad_share: float = 0.01
+    """With skip_bad_lines, stop when more than this share of the lines is bad (a broken file, not a stray line)."""
     embedding_files: dict[str, str] = field(default_factory=dict)
     """Precomputed embeddings per training example, ``{name: file.npy}``: a batch carries them as ``embeddings``."""
     # --- optimisation
@@ -136,11 +142,34 @@ class TrainConfig:
         for key, value, choices in (("precision", self.precision, PRECISIONS), ("head_init", self.head_init, HEAD_INITS)):
             if value not in choices:
                 raise CsekitError(f"{source}: {key} must be one of {', '.join(choices)}, not {value!r}")
+        for key, ok, allowed in self._ranges():
+            if not ok:
+                raise CsekitError(f"{source}: {key} must be {allowed}, not {getattr(self, key)!r}")
         first = next(iter(families))
         self.eval_metric = self.eval_metric or f"{first}/{EVALUATORS[first].primary_metric}"
         if self.eval_metric.split("/", 1)[0] not in families:
             raise CsekitError(f"{source}: eval_metric {self.eval_metric!r} is not a metric of eval_tasks "
                               f"{self.eval_tasks!r} (its families: {', '.join(families)})")  # fmt: skip
+
+    def _ranges(self) -> list[tuple[str, bool, str]]:
+        """(key, whether its value is allowed, what is allowed) for every numeric key."""
+        optional = {"max_steps": self.max_steps, "grad_cache_chunk": self.grad_cache_chunk}
+        return [
+            ("batch_size", self.batch_size >= 1, ">= 1"),
+            ("learning_rate", self.learning_rate > 0, "> 0"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("warmup_ratio", 0 <= self.warmup_ratio < 1, "in [0, 1)"),
+            ("max_grad_norm", self.max_grad_norm >= 0, ">= 0 (0: no clipping)"),
+            ("epochs", self.epochs >= 1, ">= 1"),
+            ("gradient_accumulation", self.gradient_accumulation >= 1, ">= 1"),
+            ("max_length", self.max_length >= 2, ">= 2 (a start and an end token)"),
+            ("eval_steps", self.eval_steps >= 0, ">= 0 (0: never)"),
+            ("logging_steps", self.logging_steps >= 1, ">= 1"),
+            ("save_steps", self.save_steps is None or self.save_steps >= 0, ">= 0 or null (0, null: every eval_steps)"),
+            ("dropout", self.dropout is None or 0 <= self.dropout < 1, "in [0, 1) or null"),
+            ("max_bad_share", 0 <= self.max_bad_share <= 1, "in [0, 1]"),
+            *((key, value is None or value >= 1, ">= 1 or null") for key, value in optional.items()),
+        ]
 
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] = ()) -> TrainConfig:
@@ -169,6 +198,17 @@ class TrainConfig:
         """One line per key: name, default and its docstring (for ``--help-keys``)."""
         docs = _field_docs(cls)
         return "\n".join(f"{f.name:<24} {_default(f)!s:<14} {docs.get(f.name, '')}" for f in dataclasses.fields(cls))
+
+
+def check_resumable(saved: dict[str, Any], config: TrainConfig) -> None:
+    """Refuse to resume a checkpoint of ``saved`` (its recipe) with a ``config`` that trains something else."""
+    current = config.to_dict()
+    changed = sorted(key for key, value in saved.items()
+                     if key in current and key not in RESUMABLE_CHANGES and current[key] != value)  # fmt: skip
+    if changed:
+        details = "; ".join(f"{key} {saved[key]!r} -> {current[key]!r}" for key in changed[:4])
+        raise CsekitError(f"the checkpoint was trained with other settings ({details}): a resumed run keeps them; "
+                          f"only {', '.join(sorted(RESUMABLE_CHANGES))} may change")  # fmt: skip
 
 
 def _set_dotted(values: dict[str, Any], path: list[str], value: Any, override: str) -> None:

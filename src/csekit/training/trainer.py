@@ -10,10 +10,10 @@ models (any registered evaluator can select, by ``eval_metric`` and its directio
 
 from __future__ import annotations
 
-import json
 import random
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +26,16 @@ from tqdm.auto import tqdm
 from csekit.atomic import write_text
 from csekit.data.batches import TrainingData
 from csekit.distributed import get_rank, get_world_size, init_distributed
-from csekit.errors import CsekitError
+from csekit.errors import CsekitError, Interrupted
 from csekit.evaluation import EvaluationSettings, Evaluator, build_evaluators, evaluate_all, flat_metrics
 from csekit.models import SentenceEncoder, load_encoder
 from csekit.objectives import Objective, RunContext, build_objective
-from csekit.training.checkpoint import TrainState, load_checkpoint, save_checkpoint
-from csekit.training.config import TrainConfig
+from csekit.training.checkpoint import TrainState, load_checkpoint, read_state, save_checkpoint
+from csekit.training.config import TrainConfig, check_resumable
 from csekit.training.grad_cache import grad_cache_step
+from csekit.training.metrics_log import MetricsLog
+from csekit.training.run_folder import RunLock, check_output, claim, tidy
+from csekit.training.stop import StopRequests
 
 
 @dataclass
@@ -44,17 +47,32 @@ class TrainResult:
     examples_per_second: float
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
+def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False) -> TrainResult:
+    """Train ``config``; ``resume`` continues the run in its output_dir, ``overwrite`` replaces it."""
     config.validate()
     if not config.model:
         raise CsekitError("no model given: set `model` in the recipe or --set model=...")
     if not config.train_files:
         raise CsekitError("no training data given: set `train_files` in the recipe")
-    device = init_distributed(config.device)
-    rank, world_size = get_rank(), get_world_size()
-    _seed_everything(config.seed)
     output = Path(config.output_dir)
+    device = init_distributed(config.device)
+    rank = get_rank()
+    if rank == 0:
+        check_output(output, resume=resume, overwrite=overwrite)
+    with RunLock(output) if rank == 0 else nullcontext(), StopRequests() as stop:
+        if rank == 0:
+            tidy(output)
+        saved = read_state(output / "checkpoint") if resume else None
+        if saved is not None:
+            check_resumable(saved.get("config") or _recorded_config(output), config)
+        return _train(config, device, saved, stop, overwrite=overwrite)
 
+
+def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: StopRequests, *,
+           overwrite: bool) -> TrainResult:  # fmt: skip
+    rank, world_size = get_rank(), get_world_size()
+    output = Path(config.output_dir)
+    _seed_everything(config.seed)
     encoder, objective = build_model(config, device)
     torch.manual_seed(config.seed + rank)  # ranks draw different dropout masks after a shared init
 
@@ -65,6 +83,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
         pad_token_id=encoder.pad_token_id,
         streaming=config.streaming,
         skip_bad_lines=config.skip_bad_lines,
+        max_bad_share=config.max_bad_share,
         text_columns=objective.text_columns,
         embedding_files=config.embedding_files,
     )
@@ -79,15 +98,20 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
     state = TrainState()
     checkpoint_dir = output / "checkpoint"
     parts = {"encoder": encoder, "objective": objective, "optimizer": optimizer, "scheduler": scheduler}
-    if resume:
-        state = load_checkpoint(checkpoint_dir, **parts, rank=rank)
-    elif rank == 0:
+    if saved is not None:
+        state = load_checkpoint(checkpoint_dir, saved, **parts, rank=rank)
+    if rank == 0:  # everything loaded: the folder is this run's now
+        if saved is None:
+            claim(output, overwrite=overwrite)
+        # On resume, the keys that may change (max_steps, eval_steps, ...) as this run uses them.
         write_text(output / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+    checkpoint = {**parts, "rank": rank, "world_size": world_size, "config": config.to_dict()}
 
     evaluators = None
     if config.eval_steps and rank == 0:
         evaluators = build_evaluators(config.eval_tasks, EvaluationSettings(data_dir=config.data_dir, mode="dev"))
-    logger = _MetricsLog(output, tensorboard=config.tensorboard, enabled=rank == 0)
+    logger = MetricsLog(output, tensorboard=config.tensorboard, enabled=rank == 0,
+                        keep_through=state.step if saved is not None else None)  # fmt: skip
     autocast = _autocast(config.precision, device)
     save_steps = config.save_steps or config.eval_steps
 
@@ -141,8 +165,15 @@ def train(config: TrainConfig, *, resume: bool = False) -> TrainResult:
             accumulated = {}
             if evaluators is not None and state.step % config.eval_steps == 0:
                 _evaluate(evaluators, config.eval_metric, encoder, state, output, logger)
-            if save_steps and state.step % save_steps == 0:
-                save_checkpoint(checkpoint_dir, **parts, state=state, rank=rank, world_size=world_size)
+            saving = bool(save_steps) and state.step % save_steps == 0
+            if saving:
+                save_checkpoint(checkpoint_dir, **checkpoint, state=state)
+            if stop.requested(device):
+                if not saving:
+                    save_checkpoint(checkpoint_dir, **checkpoint, state=state)
+                logger.close()
+                raise Interrupted(f"stopped at step {state.step} of {total_steps}; the checkpoint is saved: continue "
+                                  "with --resume")  # fmt: skip
             if state.step >= total_steps:
                 break
         else:  # the epoch ran out of batches
@@ -283,36 +314,15 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
 
+def _recorded_config(output: Path) -> dict:
+    """The config.yaml a run wrote, for checkpoints that did not keep their recipe."""
+    try:
+        return yaml.safe_load((output / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return {}
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-class _MetricsLog:
-    """metrics.jsonl (one JSON object per logged step) and, optionally, TensorBoard."""
-
-    def __init__(self, output: Path, *, tensorboard: bool, enabled: bool):
-        self.enabled = enabled
-        self.path = output / "metrics.jsonl"
-        self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise CsekitError("tensorboard: true needs the tensorboard package (pip install tensorboard)") from None
-            self.writer = SummaryWriter(str(output / "tensorboard"))
-
-    def log(self, step: int, values: dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **values}) + "\n")
-        if self.writer is not None:
-            for key, value in values.items():
-                self.writer.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-
