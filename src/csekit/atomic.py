@@ -7,6 +7,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from csekit.errors import CsekitError
+
 
 def replace_dir(source: Path, target: Path) -> None:
     """Move the finished folder ``source`` to ``target``, replacing an old one with two renames."""
@@ -31,3 +33,17 @@ def write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: Path, *, folder: bool = False) -> None:
+    """Refuse, before any work, a destination file (or ``folder``) that could not be written."""
+    if folder and path.exists() and not path.is_dir():
+        raise CsekitError(f"{path} is a file; give a folder")
+    if not folder and path.is_dir():
+        raise CsekitError(f"{path} is a folder; give a file name")
+    existing = next(parent for parent in (path.absolute(), *path.absolute().parents) if parent.is_dir())
+    try:  # a real probe: permissions alone do not tell (root, read-only mounts)
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise CsekitError(f"cannot write {path}: {existing} is not writable ({error.strerror})") from None

@@ -11,3 +11,7 @@ class Interrupted(CsekitError):
     """A run stopped on request (Ctrl-C, SIGTERM) after saving what it needs to continue."""
 
     exit_code = 130  # the shell's code for a process stopped by Ctrl-C
+
+
+class CsekitNote(UserWarning):
+    """Something the user should know about a result that is still valid (the CLI prints it as one line)."""

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
+from csekit.atomic import check_writable
+from csekit.cli.arguments import positive_int
 from csekit.cli.eval_groups import parse_groups, run_groups
 from csekit.distributed import resolve_device
 from csekit.evaluation import EVALUATORS, EvaluationSettings, build_evaluators, evaluate_all
@@ -45,7 +48,7 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
         help="SentEval classifier settings as in SimCSE's evaluation.py (fasttest: 5 folds, RMSprop)",
     )
     parser.add_argument("--data-dir", help="SentEval downstream/ folder (default: $CSEKIT_DATA)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--json", dest="json_path", help="also write the metrics to this JSON file")
     parser.add_argument("--resamples", type=int, default=1000, help="paired bootstrap resamples (comparisons)")
@@ -60,6 +63,8 @@ def settings_of(args: argparse.Namespace) -> EvaluationSettings:
 
 def run(args: argparse.Namespace) -> int:
     groups = parse_groups(args.models, args.group)
+    if args.json_path:
+        check_writable(Path(args.json_path))  # before the minutes of encoding, not after
     evaluators = build_evaluators(args.tasks, settings_of(args))  # reads and verifies the data before the model loads
     if len(groups) > 1 or len(next(iter(groups.values()))) > 1:
         return run_groups(args, groups, evaluators)

@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from csekit.cli.arguments import positive_int
 from csekit.distributed import resolve_device
 from csekit.errors import CsekitError
 from csekit.models import POOLERS, AffineMap, load_encoder
+from csekit.models.saving import check_model_target
 from csekit.postprocess import DittoPooler, read_fit_sentences, use_layers, whiten
 from csekit.postprocess.ditto import DEFAULT_HEAD, DEFAULT_LAYER
 from csekit.postprocess.layers import parse_layers
@@ -48,7 +50,7 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
         "--head", type=int, help=f"ditto: head of that layer, from 0 (default {DEFAULT_HEAD}: the reference's BERT-base)"
     )
     parser.add_argument("--pooler", choices=list(POOLERS), help="whitening: pooler to whiten (default: saved, or cls)")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.set_defaults(run=run)
 
@@ -62,12 +64,14 @@ def check_options(args: argparse.Namespace) -> None:
         raise CsekitError("whitening needs --fit-on FILE: unlabelled sentences, one a line")
     if args.layers is not None and args.pooler is not None:
         raise CsekitError("give --layers or --pooler, not both: --layers chooses a layer-averaging pooler")
-    if Path(args.output).resolve() == Path(args.model).resolve():
-        raise CsekitError("--output must be a new folder, not the model's own")
+    output, model = Path(args.output).resolve(), Path(args.model).resolve()
+    if output == model or output in model.parents:
+        raise CsekitError(f"--output {args.output} holds the input model {args.model}: give a new folder beside it")
 
 
 def run(args: argparse.Namespace) -> int:
     check_options(args)
+    check_model_target(Path(args.output))  # an existing folder that is not a csekit model is never replaced
     # Read the fitting file before the model loads, so a bad file fails in a second, not after a download.
     sentences = read_fit_sentences(args.fit_on, max_sentences=args.max_sentences) if args.fit_on else []
     encoder = load_encoder(args.model, pooler=args.pooler).to(resolve_device(args.device))

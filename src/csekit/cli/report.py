@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from csekit.atomic import check_writable
+from csekit.cli.arguments import positive_int
 from csekit.errors import CsekitError
 
 
@@ -19,19 +21,22 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
                              "starting model, best/ and final/) and save it in the run folder for next time")  # fmt: skip
     parser.add_argument("--tasks", default="sts", help="STS tasks for --compute (default: the seven)")
     parser.add_argument("--data-dir", help="SentEval downstream/ folder (default: $CSEKIT_DATA)")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=positive_int, default=128)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from csekit.report import build_page, collect_run, write_report
 
+    output = Path(args.output) if args.output else None
+    if output is not None:
+        check_writable(output, folder=True)
     names = _names(args.runs)
     if len(set(names)) != len(names):
         raise CsekitError(f"two runs share a name ({', '.join(names)}): give folders with different names")
     runs = [collect_run(path, name=name, compute=args.compute, tasks=args.tasks, data_dir=args.data_dir,
                         batch_size=args.batch_size) for path, name in zip(args.runs, names)]  # fmt: skip
-    output = args.output or (Path(args.runs[0]) / "report" if len(runs) == 1 else Path("report"))
+    output = output or (Path(args.runs[0]) / "report" if len(runs) == 1 else Path("report"))
     html_path, markdown_path = write_report(build_page(runs), output)
     print(f"wrote {html_path} and {markdown_path}")
     return 0

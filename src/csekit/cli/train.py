@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from csekit.errors import CsekitError
 from csekit.training.config import TrainConfig
 
 
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         print("\n".join(f"  {name:<12} {describe_options(cls)}" for name, cls in WRAPPERS.items()))
         return 0
     if not args.recipe:
-        raise SystemExit("csekit train: a recipe is required (see recipes/)")
+        raise CsekitError("csekit train needs a recipe: csekit train RECIPE.yaml (see recipes/)")
     from csekit.distributed import get_rank
     from csekit.training.trainer import train
 

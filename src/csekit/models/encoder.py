@@ -19,8 +19,10 @@ implementation a pooler needs).
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,7 +32,7 @@ from transformers import AutoModel, AutoTokenizer, PreTrainedModel, PreTrainedTo
 from transformers.utils import logging as hf_logging
 
 from csekit.data.collate import pad_batch
-from csekit.errors import CsekitError
+from csekit.errors import CsekitError, CsekitNote
 from csekit.models.modules import MLPHead
 from csekit.models.pooling import Pooler, build_pooler, check_pooler
 from csekit.models.saving import save_encoder
@@ -91,19 +93,32 @@ class SentenceEncoder(nn.Module):
         check_model_reference(name_or_path)
         if isinstance(pooler, str):
             check_pooler(pooler)  # before the download
+        check_model_files(name_or_path)
         try:
             with quiet_transformers():
                 tokenizer = AutoTokenizer.from_pretrained(name_or_path)
                 backbone, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **hf_kwargs)
-        except OSError as error:
+        except Exception as error:  # OSError, a truncated safetensors file, a config transformers cannot read, ...
             raise CsekitError(f"cannot load model {name_or_path!r}: {first_line(error)}") from None
+        vocabulary, rows = len(tokenizer), backbone.get_input_embeddings().num_embeddings
+        if vocabulary < rows / 2:
+            raise CsekitError(f"{name_or_path}: its tokenizer has {vocabulary} tokens for {rows} embedding rows: they "
+                              "do not belong together (were the tokenizer files copied with the model?)")  # fmt: skip
         pretrained_pooler = _detach_pooler(backbone, info)
         if isinstance(pooler, str):
             pooler = build_pooler(pooler, config=backbone.config, tokenizer=tokenizer, settings=pooler_settings)
         head = None  # set_pooler gives a pooler that wants a head a fresh one
-        if pooler.wants_head and pretrained_head and pretrained_pooler is not None:
+        if pooler.wants_head and pretrained_head:  # SimCSE's evaluation: the checkpoint's own pooler
             head = MLPHead(backbone.config.hidden_size)
-            head.dense.load_state_dict(pretrained_pooler.dense.state_dict())
+            if pretrained_pooler is not None:
+                head.dense.load_state_dict(pretrained_pooler.dense.state_dict())
+            else:  # none to read: a fresh head, the same one every time, so every evaluation agrees
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(0)
+                    head.reset_parameters(getattr(backbone.config, "initializer_range", 0.02))
+                warnings.warn(f"{name_or_path} has no pretrained pooler: the cls head is a fresh dense + tanh layer "
+                              "(seeded, the same in every evaluation); --pooler cls_before_pooler or mean pool "
+                              "without it", CsekitNote, stacklevel=2)  # fmt: skip
         return cls(backbone, tokenizer, pooler=pooler, head=head, head_at_inference=head_at_inference,
                    max_length=max_length)  # fmt: skip
 
@@ -244,6 +259,23 @@ class SentenceEncoder(nn.Module):
     def save(self, path: str | os.PathLike) -> None:
         """Save as a sentence-transformers folder (see :mod:`csekit.models.saving`)."""
         save_encoder(self, path)
+
+
+#: Files one of which a local model folder needs for its tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                   "tokenizer.model")  # fmt: skip
+
+
+def check_model_files(name_or_path: str) -> None:
+    """A local model folder has its config and its tokenizer (an empty or half-copied folder is refused)."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return  # a hub id: the hub says what it lacks
+    if not (folder / "config.json").is_file():
+        raise CsekitError(f"model folder {name_or_path!r} has no config.json (an empty or partly copied folder?)")
+    if not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise CsekitError(f"model folder {name_or_path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): "
+                          "copy them from the model it was made from")  # fmt: skip
 
 
 def check_model_reference(name_or_path: str) -> None:

@@ -96,7 +96,9 @@ def load_input(
         settings = {}
     st_config = _read_json(name_or_path, "sentence_bert_config.json") or {}
     max_length = max_length or saved.get("max_length") or st_config.get("max_seq_length")
-    encoder = SentenceEncoder.from_pretrained(name_or_path, pooler=name, pooler_settings=settings, max_length=max_length)
+    # A saved head replaces whatever head the pooler gets here, so none is read from the checkpoint then.
+    encoder = SentenceEncoder.from_pretrained(name_or_path, pooler=name, pooler_settings=settings, max_length=max_length,
+                                              pretrained_head=not has_head)  # fmt: skip
     return encoder, saved_name
 
 

@@ -45,6 +45,7 @@ FORMAT = 2  # csekit_config.json: {"pooler": {"name": ..., settings}}; format 1 
 def save_encoder(encoder: SentenceEncoder, path: str | os.PathLike) -> None:
     """Write ``encoder`` as a sentence-transformers folder; the folder appears whole or not at all."""
     target = Path(path)
+    check_model_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
@@ -61,6 +62,15 @@ def save_encoder(encoder: SentenceEncoder, path: str | os.PathLike) -> None:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def check_model_target(target: Path) -> None:
+    """A model is saved only where nothing but an earlier csekit model would be replaced."""
+    if target.exists() and not target.is_dir():
+        raise CsekitError(f"cannot save a model to {target}: it is a file")
+    if target.is_dir() and any(target.iterdir()) and not (target / CSEKIT_CONFIG).is_file():
+        raise CsekitError(f"cannot save a model to {target}: the folder holds files csekit did not write (a model "
+                          "saved by csekit is replaced; anything else is kept): give a new or empty folder")  # fmt: skip
 
 
 def write_input(encoder: SentenceEncoder, folder: Path) -> list[StockModule]:

@@ -14,6 +14,7 @@ few fixed sentences is always computed from best/: six sentences cost nothing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -122,6 +123,10 @@ def collect_run(
     run = RunData(name or path.name, path, config if isinstance(config, dict) else {}, log)
     if not log:
         run.notes.append("no metrics.jsonl: no training curves")
+    back = next((later for earlier, later in itertools.pairwise(log) if later["step"] < earlier["step"]), None)
+    if back is not None:
+        run.notes.append(f"metrics.jsonl goes back to step {back['step']} after a later step: it holds rows of more than "
+                         "one run (written before runs locked their folders); the curves mix them")  # fmt: skip
     run.results = EvaluationRecord.read(path / EVAL_FILE).flat() if (path / EVAL_FILE).is_file() else {}
     run.points = [Point(**point) for point in (_read_json(path / ALIGN_UNIFORM_FILE) or {}).get("points", [])]
     best = _model_folder(path)

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from csekit.atomic import write_text
+from csekit.atomic import check_writable, write_text
 from csekit.errors import CsekitError
 
 MARKER, LOCK = ".csekit-run.json", ".lock"
@@ -39,11 +39,7 @@ def holds_run(folder: Path) -> bool:
 
 def check_output(folder: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse a folder this run may not write, before anything is loaded or written."""
-    if folder.exists() and not folder.is_dir():
-        raise CsekitError(f"output_dir {folder} is a file; give a folder")
-    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise CsekitError(f"output_dir {folder} cannot be written ({existing} is read-only)")
+    check_writable(folder, folder=True)
     if resume and overwrite:
         raise CsekitError("--resume continues a run and --overwrite replaces it: give one of them")
     if resume:
