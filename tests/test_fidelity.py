@@ -97,10 +97,12 @@ def test_training_starts_the_cls_head_fresh_while_evaluation_reads_the_checkpoin
     """SimCSE's MLPLayer is new in training (its maintainers keep it so, issue #179); its evaluation of a raw
     checkpoint with ``--pooler cls`` reads BERT's own pretrained pooler (``pooler_output``)."""
     torch.manual_seed(0)
-    checkpoint = BertModel(make_tiny_encoder().backbone.config, add_pooling_layer=True)
+    tiny = make_tiny_encoder()
+    checkpoint = BertModel(tiny.backbone.config, add_pooling_layer=True)
     with torch.no_grad():
         checkpoint.pooler.dense.weight.fill_(0.5)
     checkpoint.save_pretrained(tmp_path / "bert")
+    tiny.tokenizer.save_pretrained(tmp_path / "bert")
     evaluated = load_encoder(str(tmp_path / "bert"), pooler="cls")
     torch.testing.assert_close(evaluated.head.dense.weight, checkpoint.pooler.dense.weight)
 

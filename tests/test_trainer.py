@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,7 +17,9 @@ import yaml
 from conftest import SENTENCES, final_weights, make_tiny_encoder, train_single_and_two_ranks, write_recipe
 from safetensors.torch import load_file
 
+from csekit.atomic import replace_dir
 from csekit.cli.main import main
+from csekit.training import checkpoint as checkpoint_module
 
 
 @pytest.fixture(scope="module")
@@ -60,34 +63,135 @@ def test_gradient_accumulation_and_cache_run(tmp_path, tiny_model):
     assert main(["train", str(recipe)]) == 0
 
 
-def test_killed_run_resumes_to_identical_weights(tmp_path, tiny_model):
-    steps = 150  # long enough that the kill lands mid-way
-    reference = tmp_path / "reference"
-    reference.mkdir()
-    assert main(["train", str(write_recipe(reference, tiny_model, max_steps=steps, save_steps=10,
-                                           logging_steps=50))]) == 0  # fmt: skip
+STEPS = 150  # long enough that a kill or Ctrl-C lands mid-way
 
-    killed = tmp_path / "killed"
-    killed.mkdir()
-    recipe = write_recipe(killed, tiny_model, max_steps=steps, save_steps=10, logging_steps=50)
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_model) -> dict[str, torch.Tensor]:
+    """The final weights of a run that nothing stopped."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    assert main(["train", str(write_recipe(folder, tiny_model, max_steps=STEPS, save_steps=10, logging_steps=50))]) == 0
+    return final_weights(folder / "run")
+
+
+def _start_and_wait(recipe: Path, run: Path, at_step: int) -> subprocess.Popen:
+    """Start ``csekit train recipe`` in a process and return once its metrics log reached ``at_step``."""
     command = [sys.executable, "-m", "csekit.cli.main", "train", str(recipe)]
     env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": str(torch.get_num_threads())}
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    state = killed / "run" / "checkpoint" / "state.json"
-    deadline = time.time() + 120
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log, deadline = run / "metrics.jsonl", time.time() + 120
     while time.time() < deadline and process.poll() is None:
-        if state.is_file() and json.loads(state.read_text())["train_state"]["step"] >= 20:
+        if log.is_file() and log.read_text().count("\n") >= at_step:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
+    return process
+
+
+def _logged_steps(run: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_killed_run_resumes_to_identical_weights(tmp_path, tiny_model, uninterrupted):
+    recipe = write_recipe(tmp_path, tiny_model, max_steps=STEPS, save_steps=10, logging_steps=1)
+    process = _start_and_wait(recipe, tmp_path / "run", at_step=25)
     process.send_signal(signal.SIGKILL)
     assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    stopped_at = json.loads(state.read_text())["train_state"]["step"]
-    assert 0 < stopped_at < steps and not (killed / "run" / "final").exists()
+    stopped_at = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["train_state"]["step"]
+    assert 0 < stopped_at < STEPS and not (tmp_path / "run" / "final").exists()
 
     assert main(["train", str(recipe), "--resume"]) == 0
-    expected, resumed = final_weights(reference / "run"), final_weights(killed / "run")
+    resumed = final_weights(tmp_path / "run")
+    for name in uninterrupted:
+        assert torch.equal(uninterrupted[name], resumed[name]), name
+    assert _logged_steps(tmp_path / "run") == list(range(1, STEPS + 1))  # the steps after the checkpoint once
+
+
+@pytest.mark.parametrize("signal_number", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_saves_at_the_step_boundary_and_resumes_to_identical_weights(tmp_path, tiny_model, uninterrupted,
+                                                                             signal_number):  # fmt: skip
+    # No periodic checkpoints: the one to resume from is the one the signal made.
+    recipe = write_recipe(tmp_path, tiny_model, max_steps=STEPS, save_steps=0, logging_steps=1)
+    process = _start_and_wait(recipe, tmp_path / "run", at_step=20)
+    process.send_signal(signal_number)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.startswith("csekit:")]
+    assert len(lines) == 1 and "Traceback" not in err and "the checkpoint is saved" in lines[0], err
+    stopped_at = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())["train_state"]["step"]
+    assert f"stopped at step {stopped_at} of {STEPS}" in lines[0] and _logged_steps(tmp_path / "run")[-1] == stopped_at
+    assert not (tmp_path / "run" / ".lock").exists()
+
+    assert main(["train", str(recipe), "--resume"]) == 0
+    resumed = final_weights(tmp_path / "run")
+    for name in uninterrupted:
+        assert torch.equal(uninterrupted[name], resumed[name]), name
+    assert _logged_steps(tmp_path / "run") == list(range(1, STEPS + 1))
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing of csekit catches it."""
+
+
+def test_a_save_killed_between_its_renames_is_undone_on_resume(tmp_path, tiny_model, monkeypatch, capsys):
+    """replace_dir moves the old checkpoint aside, then the new one in: a kill between the two renames leaves
+    ``.checkpoint.old`` and the finished staging folder, and no ``checkpoint``."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert main(["train", str(write_recipe(reference, tiny_model, max_steps=6, save_steps=2))]) == 0
+    recipe = write_recipe(tmp_path, tiny_model, max_steps=6, save_steps=2)
+    saves = []
+
+    def killed_at_the_second_save(source: Path, target: Path) -> None:
+        saves.append(target)
+        if len(saves) < 2:
+            return replace_dir(source, target)
+        os.replace(target, target.with_name(f".{target.name}.old"))
+        raise _Killed
+
+    monkeypatch.setattr(checkpoint_module, "replace_dir", killed_at_the_second_save)
+    with pytest.raises(_Killed):
+        main(["train", str(recipe)])
+    monkeypatch.undo()
+    run = tmp_path / "run"
+    assert not (run / "checkpoint").exists() and (run / ".checkpoint.old").is_dir()
+    assert len([path for path in run.iterdir() if path.name.startswith(".checkpoint.")]) == 2  # old + staging
+    (run / ".lock").unlink(missing_ok=True)
+
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--resume"]) == 0
+    assert "the previous one is back" in capsys.readouterr().err
+    assert sorted(path.name for path in run.iterdir() if path.name.startswith(".")) == [".csekit-run.json"]
+    expected, resumed = final_weights(reference / "run"), final_weights(run)
     for name in expected:
         assert torch.equal(expected[name], resumed[name]), name
+    assert _logged_steps(run) == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_lock_whose_process_is_gone_is_taken_over_and_said_so(tmp_path, tiny_model, capsys):
+    recipe = write_recipe(tmp_path, tiny_model, max_steps=2)
+    assert main(["train", str(recipe)]) == 0
+    finished = subprocess.Popen(["true"])
+    finished.wait()
+    lock = {"pid": finished.pid, "host": socket.gethostname(), "since": 0}
+    (tmp_path / "run" / ".lock").write_text(json.dumps(lock))
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--resume", "--set", "max_steps=4"]) == 0
+    assert f"removed a stale lock of process {finished.pid}" in capsys.readouterr().err
+    assert not (tmp_path / "run" / ".lock").exists() and _logged_steps(tmp_path / "run")[-1] == 4
+
+
+def test_overwrite_replaces_the_run_outputs_only(tmp_path, tiny_model, capsys):
+    recipe = write_recipe(tmp_path, tiny_model, max_steps=2)
+    assert main(["train", str(recipe)]) == 0
+    run = tmp_path / "run"
+    (run / "notes.txt").write_text("the user's own notes")
+    before = final_weights(run)
+    capsys.readouterr()
+    assert main(["train", str(recipe), "--overwrite", "--set", "max_steps=4", "--set", "seed=8"]) == 0
+    assert "--overwrite: replacing best, final, checkpoint, metrics.jsonl, config.yaml" in capsys.readouterr().err
+    assert (run / "notes.txt").read_text() == "the user's own notes"
+    assert _logged_steps(run) == [1, 2, 3, 4]
+    assert any(not torch.equal(before[name], tensor) for name, tensor in final_weights(run).items())
 
 
 def test_bad_recipes_fail_with_one_line(tmp_path, tiny_model, capsys):

@@ -1,0 +1,206 @@
+"""Every bad input through the CLI: exit 2, one line that says what is wrong, no traceback, and every file
+that was there before is left as it was (the data-loss cases included). Tiny models, 2-step runs.
+
+Each case prepares a scene in a fresh folder, runs one command, and is checked against a snapshot of every
+file of the scene taken just before it ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BERT_MINI, DATA_DIR, make_tiny_encoder, write_recipe
+
+from csekit.cli.main import main
+
+
+@dataclass
+class Scene:
+    root: Path
+    model: Path  # a tiny saved model
+    recipe: Path  # a 2-step recipe training it into root/run
+    run: Path  # a finished run of that recipe (with a checkpoint), where the case wants one
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A tiny model and one finished 2-step run, made once and copied into each case's scene."""
+    root = tmp_path_factory.mktemp("bad-input-template")
+    make_tiny_encoder(hidden_dropout_prob=0.1).save(root / "tiny")
+    recipe = write_recipe(root, root / "tiny", max_steps=2, save_steps=2)
+    assert main(["train", str(recipe)]) == 0
+    return root
+
+
+def _scene(template: Path, folder: Path) -> Scene:
+    shutil.copytree(template, folder, dirs_exist_ok=True)
+    recipe = yaml.safe_load((folder / "recipe.yaml").read_text())
+    recipe.update({"model": str(folder / "tiny"), "train_files": [str(folder / "train.txt")],
+                   "output_dir": str(folder / "run")})  # fmt: skip
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    return Scene(folder, folder / "tiny", folder / "recipe.yaml", folder / "run")
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}  # fmt: skip
+
+
+def _fresh_run(scene: Scene) -> None:
+    shutil.rmtree(scene.run)
+
+
+def _damage(name: str, how: str) -> Callable[[Scene], None]:
+    def damage(scene: Scene) -> None:
+        path = scene.run / "checkpoint" / name
+        data = path.read_bytes()
+        if how == "truncate":
+            path.write_bytes(data[: len(data) // 2])
+        elif how == "flip":
+            path.write_bytes(data[:-8] + bytes(255 - b for b in data[-8:]))
+        else:
+            path.unlink()
+
+    return damage
+
+
+def _model_without(*names: str) -> Callable[[Scene], None]:
+    def strip(scene: Scene) -> None:
+        for name in names:
+            for path in scene.model.glob(name):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+    return strip
+
+
+def _truncated_weights(scene: Scene) -> None:
+    path = scene.model / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def _module_path_outside(scene: Scene) -> None:
+    modules = json.loads((scene.model / "modules.json").read_text())
+    modules[1]["path"] = "../../elsewhere"
+    (scene.model / "modules.json").write_text(json.dumps(modules))
+
+
+def _foreign_folder(scene: Scene) -> None:
+    (scene.root / "mine").mkdir()
+    (scene.root / "mine" / "notes.txt").write_text("not csekit's")
+
+
+def _live_lock(scene: Scene) -> None:
+    process = subprocess.Popen(["sleep", "60"])
+    scene.process = process  # killed after the case
+    (scene.run / ".lock").write_text(json.dumps({"pid": process.pid, "host": os.uname().nodename, "since": 0}))
+
+
+def _many_bad_lines(scene: Scene) -> None:
+    data = scene.root / "train.txt"
+    data.write_bytes(data.read_bytes() + b"bad \xff\n")
+
+
+def _unwritable() -> str:
+    return "/proc/csekit-out" if os.geteuid() == 0 else "/csekit-out"  # root writes anywhere but /proc
+
+
+TRAIN, EVAL = ["train", "{recipe}"], ["eval", "{model}", "--tasks", "stsb", "--mode", "dev", "--data-dir", str(DATA_DIR)]
+#: id -> (prepare the scene, the command, what the one line must say)
+# fmt: off
+CASES: dict[str, tuple[Callable[[Scene], None] | None, list[str], str]] = {
+    # --- data losses: nothing of the run may go
+    "postprocess output holding its input": (None, ["postprocess", "{run}/best", "--method", "ditto", "--head", "0",
+                                                    "--output", "{run}"], "holds the input model"),
+    "postprocess over a foreign folder": (_foreign_folder, ["postprocess", "{model}", "--method", "ditto", "--head", "0",
+                                                            "--output", "{root}/mine"], "files csekit did not write"),
+    "fresh train into a finished run": (None, TRAIN, "holds a training run"),
+    "refused setting into a finished run": (None, [*TRAIN, "--set", "precision=fp16"], "precision must be one of"),
+    # --- silently wrong results before
+    "gradient_accumulation 0": (_fresh_run, [*TRAIN, "--set", "gradient_accumulation=0"], "gradient_accumulation must be >= 1"),
+    "max_steps 0": (_fresh_run, [*TRAIN, "--set", "max_steps=0"], "max_steps must be >= 1 or null"),
+    "max_steps -5": (_fresh_run, [*TRAIN, "--set", "max_steps=-5"], "max_steps must be >= 1 or null"),
+    "model without tokenizer files": (_model_without("tokenizer*", "vocab.txt", "special_tokens_map.json"),
+                                      EVAL, "has no tokenizer files"),
+    "resume with another batch size": (None, [*TRAIN, "--resume", "--set", "batch_size=4"], "batch_size 8 -> 4"),
+    "resume with another learning rate": (None, [*TRAIN, "--resume", "--set", "learning_rate=0.01"], "learning_rate 0.001 -> 0.01"),
+    "two trainings in one folder": (_live_lock, [*TRAIN, "--resume", "--set", "max_steps=4"], "is in use by another training"),
+    "checkpoint bytes altered": (_damage("weights.safetensors", "flip"), [*TRAIN, "--resume"], "was altered after it was written"),
+    "skip-bad-lines over a broken file": (_many_bad_lines, [*TRAIN, "--overwrite", "--skip-bad-lines"], "more than the 1% max_bad_share"),
+    # --- tracebacks before
+    "negative learning rate": (_fresh_run, [*TRAIN, "--set", "learning_rate=-0.001"], "learning_rate must be > 0"),
+    "batch size 0": (_fresh_run, [*TRAIN, "--set", "batch_size=0"], "batch_size must be >= 1"),
+    "unknown pooler": (_fresh_run, [*TRAIN, "--set", "pooler=avg"], "unknown pooler 'avg'"),
+    "empty model folder": (_model_without("*"), EVAL, "has no config.json"),
+    "truncated model file": (_truncated_weights, EVAL, "cannot load model"),
+    "truncated checkpoint file": (_damage("optimizer.pt", "truncate"), [*TRAIN, "--resume"], "is truncated"),
+    "corrupt state.json": (_damage("state.json", "flip"), [*TRAIN, "--resume"], "state.json was altered"),
+    "missing optimizer file": (_damage("optimizer.pt", "delete"), [*TRAIN, "--resume"], "optimizer.pt is missing"),
+    "resume with another objective": (None, [*TRAIN, "--resume", "--set", "objective=dclr"], "objective 'simcse' -> 'dclr'"),
+    "output_dir a file": (None, [*TRAIN, "--set", "output_dir={recipe}"], "is a file; give a folder"),
+    "output_dir not writable": (None, [*TRAIN, "--set", f"output_dir={_unwritable()}"], "is not writable"),
+    "--json unwritable": (None, [*EVAL, "--json", f"{_unwritable()}/eval.json"], "is not writable"),
+    "--json a folder": (None, [*EVAL, "--json", "{root}"], "is a folder; give a file name"),
+    "eval --batch-size 0": (None, [*EVAL, "--batch-size", "0"], "--batch-size: must be at least 1, not 0"),
+    "modules.json path outside the folder": (_module_path_outside, EVAL, "outside the model folder"),
+    "resume and overwrite": (None, [*TRAIN, "--resume", "--overwrite"], "give one of them"),
+    "report output a file": (None, ["report", "{run}", "--output", "{recipe}"], "is a file; give a folder"),
+    "postprocess output a file": (None, ["postprocess", "{model}", "--method", "ditto", "--head", "0",
+                                         "--output", "{recipe}"], "it is a file"),
+    "mlm on a checkpoint without a head": (_fresh_run, [*TRAIN, "--set", "wrappers.mlm.weight=0.1"],
+                                           "has no pretrained masked-LM head"),
+    # --- cases that behaved before: they stay one line
+    "unknown recipe key": (_fresh_run, [*TRAIN, "--set", "learning_rat=0.1"], "unknown key(s) learning_rat"),
+    "wrong type": (_fresh_run, [*TRAIN, "--set", "batch_size=big"], "batch_size must be int"),
+    "missing recipe": (None, ["train", "{root}/missing.yaml"], "does not exist"),
+    "no recipe": (None, ["train"], "needs a recipe"),
+    "moved key": (_fresh_run, [*TRAIN, "--set", "temperature=0.1"], "temperature moved to options.temperature"),
+    "unknown option": (_fresh_run, [*TRAIN, "--set", "options.dup_rate=0.3"], "has no option(s) dup_rate"),
+    "unknown task": (None, ["eval", "{model}", "--tasks", "sts99", "--data-dir", str(DATA_DIR)], "unknown task 'sts99'"),
+    "yearly task in dev mode": (None, ["eval", "{model}", "--tasks", "sts12", "--mode", "dev", "--data-dir",
+                                       str(DATA_DIR)], "only a test set"),
+    "missing data folder": (None, ["eval", "{model}", "--data-dir", "{root}/no-data"], "csekit data fetch"),
+    "missing model": (None, ["eval", "{root}/no/model", "--data-dir", str(DATA_DIR)], "does not exist"),
+    "unknown command": (None, ["serve"], "invalid choice: 'serve'"),
+    "not a run folder": (None, ["report", "{root}/tiny"], "not a training run folder"),
+    "resume without a checkpoint": (_fresh_run, [*TRAIN, "--resume"], "no checkpoint to resume from"),
+    "whitening without a fitting file": (None, ["postprocess", "{model}", "--method", "whitening", "--output",
+                                                "{root}/out"], "whitening needs --fit-on"),
+}
+# fmt: on
+
+
+@pytest.mark.skipif(not BERT_MINI.is_dir(), reason=f"the tiny encoders' tokenizer: {BERT_MINI} not found")
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_is_one_line_and_loses_nothing(case, template, tmp_path, capsys):
+    prepare, argv, message = CASES[case]
+    scene = _scene(template, tmp_path / "scene")
+    if prepare is not None:
+        prepare(scene)
+    before = _snapshot(scene.root)
+    capsys.readouterr()
+    names = {"recipe": scene.recipe, "model": scene.model, "run": scene.run, "root": scene.root}
+    try:
+        try:
+            code = main([arg.format(**names) for arg in argv])
+        except SystemExit as exit:  # argparse's usage errors
+            code = exit.code
+    finally:
+        if hasattr(scene, "process"):
+            scene.process.kill()
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("csekit:")]
+    assert code == 2, err
+    assert "Traceback" not in err and len(lines) == 1 and lines[0].startswith("csekit: error:"), err
+    assert message in lines[0], lines[0]
+    after = _snapshot(scene.root)
+    changed = sorted(name for name, digest in before.items() if after.get(name) != digest)
+    assert not changed, f"{case} changed or removed {changed}"
