@@ -109,6 +109,13 @@ def _many_bad_lines(scene: Scene) -> None:
     data.write_bytes(data.read_bytes() + b"bad \xff\n")
 
 
+def _recipe_text(text: str) -> Callable[[Scene], None]:
+    def write(scene: Scene) -> None:
+        scene.recipe.write_text(text)
+
+    return write
+
+
 def _unwritable() -> str:
     return "/proc/csekit-out" if os.geteuid() == 0 else "/csekit-out"  # root writes anywhere but /proc
 
@@ -174,6 +181,40 @@ CASES: dict[str, tuple[Callable[[Scene], None] | None, list[str], str]] = {
     "resume without a checkpoint": (_fresh_run, [*TRAIN, "--resume"], "no checkpoint to resume from"),
     "whitening without a fitting file": (None, ["postprocess", "{model}", "--method", "whitening", "--output",
                                                 "{root}/out"], "whitening needs --fit-on"),
+    "whitening fitted on a missing file": (None, ["postprocess", "{model}", "--method", "whitening", "--fit-on",
+                                                  "{root}/none.txt", "--output", "{root}/out"], "does not exist"),
+    "whitening to more dimensions than the model has": (None, ["postprocess", "{model}", "--method", "whitening",
+                                                               "--fit-on", "{root}/train.txt", "--dim", "1000",
+                                                               "--output", "{root}/out"], "whitening dimension 1000 is outside 1..32"),
+    "ditto head out of range": (None, ["postprocess", "{model}", "--method", "ditto", "--head", "99",
+                                       "--output", "{root}/out"], "head"),
+    "unknown postprocess method": (None, ["postprocess", "{model}", "--method", "pca", "--output", "{root}/out"],
+                                   "invalid choice: 'pca'"),
+    "report into a foreign folder": (_foreign_folder, ["report", "{run}", "--output", "{root}/mine"],
+                                     "files csekit did not write"),
+    "report of a missing run": (None, ["report", "{root}/none"], "does not exist"),
+    "fresh train into a foreign folder": (_foreign_folder, [*TRAIN, "--set", "output_dir={root}/mine"],
+                                          "holds no csekit run"),
+    "resume in a foreign folder": (_foreign_folder, [*TRAIN, "--resume", "--set", "output_dir={root}/mine"],
+                                   "no checkpoint to resume from"),
+    "malformed training line": (_many_bad_lines, [*TRAIN, "--overwrite"], "train.txt:49"),
+    "missing training file": (_fresh_run, [*TRAIN, "--set", "train_files=[{root}/none.txt]"], "does not exist"),
+    "training file of unknown type": (_fresh_run, [*TRAIN, "--set", "train_files=[{recipe}]"],
+                                      "unknown training file type '.yaml'"),
+    "unknown objective": (_fresh_run, [*TRAIN, "--set", "objective=simcsee"], "unknown objective 'simcsee'"),
+    "unknown precision": (_fresh_run, [*TRAIN, "--set", "precision=fp8"], "precision must be one of"),
+    "warmup_ratio 1.5": (_fresh_run, [*TRAIN, "--set", "warmup_ratio=1.5"], "warmup_ratio must be in [0, 1)"),
+    "max_length 1": (_fresh_run, [*TRAIN, "--set", "max_length=1"], "max_length must be >= 2"),
+    "unknown eval task in a recipe": (_fresh_run, [*TRAIN, "--set", "eval_steps=1", "--set", "eval_tasks=sts99"],
+                                      "unknown task 'sts99'"),
+    "eval_metric of another family": (_fresh_run, [*TRAIN, "--set", "eval_steps=1", "--set",
+                                                   "eval_metric=transfer/avg"], "is not a metric of eval_tasks"),
+    "--set without a value": (_fresh_run, [*TRAIN, "--set", "batch_size"], "key=value"),
+    "recipe not a mapping": (_recipe_text("- a\n- b\n"), TRAIN, "mapping"),
+    "recipe not YAML": (_recipe_text("model: [\n"), TRAIN, "recipe.yaml"),
+    "eval with an unknown pooler": (None, [*EVAL, "--pooler", "avg"], "invalid choice: 'avg' (choose from 'cls'"),
+    "eval in an unknown mode": (None, [*EVAL, "--mode", "val"], "invalid choice: 'val'"),
+    "eval group without paths": (None, ["eval", "--group", "simcse", "--data-dir", str(DATA_DIR)], "NAME=PATH"),
 }
 # fmt: on
 

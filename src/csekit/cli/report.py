@@ -27,10 +27,12 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from csekit.report import build_page, collect_run, write_report
+    from csekit.report.render import check_report_folder
 
     output = Path(args.output) if args.output else None
-    if output is not None:
+    if output is not None:  # before any computing
         check_writable(output, folder=True)
+        check_report_folder(output)
     names = _names(args.runs)
     if len(set(names)) != len(names):
         raise CsekitError(f"two runs share a name ({', '.join(names)}): give folders with different names")

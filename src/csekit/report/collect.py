@@ -111,6 +111,8 @@ def collect_run(
     batch_size: int = 128,
 ) -> RunData:
     path = Path(run_dir)
+    if not path.exists():
+        raise CsekitError(f"run folder {path} does not exist")
     if not path.is_dir() or not any((path / part).exists() for part in ("config.yaml", "metrics.jsonl", "best")):
         raise CsekitError(f"{path} is not a training run folder (no config.yaml, metrics.jsonl or best/)")
     config = {}

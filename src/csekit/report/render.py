@@ -7,7 +7,11 @@ import base64
 import html
 from pathlib import Path
 
+from csekit.atomic import write_bytes, write_text
+from csekit.errors import CsekitError
 from csekit.report.page import Page, Table
+
+PAGES = ("report.html", "report.md")
 
 STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1200px;
@@ -75,14 +79,22 @@ def _markdown_table(table: Table) -> str:
     return "\n".join([row(table.header), "| " + " | ".join(aligns) + " |", *(row(cells) for cells in table.rows)])
 
 
+def check_report_folder(folder: Path) -> None:
+    """Refuse a non-empty folder that is not an earlier report: writing one would replace files csekit did
+    not write."""
+    if folder.is_dir() and any(folder.iterdir()) and not all((folder / name).is_file() for name in PAGES):
+        raise CsekitError(f"{folder} holds files csekit did not write (no earlier report.html and report.md); "
+                          "give a new or empty folder")  # fmt: skip
+
+
 def write_report(page: Page, output: str | Path) -> tuple[Path, Path]:
     """``report.html``, ``report.md`` and one PNG per figure in ``output``; returns the two pages' paths."""
     folder = Path(output)
-    folder.mkdir(parents=True, exist_ok=True)
+    check_report_folder(folder)
     for section in page.sections:
         if section.figure is not None:
-            (folder / f"{section.figure.name}.png").write_bytes(section.figure.png)
-    html_path, markdown_path = folder / "report.html", folder / "report.md"
-    html_path.write_text(render_html(page), encoding="utf-8")
-    markdown_path.write_text(render_markdown(page), encoding="utf-8")
+            write_bytes(folder / f"{section.figure.name}.png", section.figure.png)
+    html_path, markdown_path = (folder / name for name in PAGES)
+    write_text(html_path, render_html(page))
+    write_text(markdown_path, render_markdown(page))
     return html_path, markdown_path
