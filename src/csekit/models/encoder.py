@@ -221,28 +221,39 @@ class SentenceEncoder(nn.Module):
         """
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of texts; wrap a single string in a list")
-        normalize = self.normalize if normalize is None else normalize
         if len(texts) == 0:
             return np.zeros((0, self.embedding_dim), dtype=np.float32)
-        tokens = self.tokenize(self.pooler.inference_texts(texts), max_length=max_length)
-        order = sorted(range(len(texts)), key=lambda i: -len(tokens["input_ids"][i]))
+        rows = self.inference_tokens(texts, max_length=max_length)
+        order = sorted(range(len(texts)), key=lambda i: -len(rows[i]["input_ids"]))
         show_progress = len(texts) > PROGRESS_THRESHOLD if show_progress is None else show_progress
+        output = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="encode", disable=not show_progress, unit="batch"):
+            indices = order[start : start + batch_size]
+            output[indices] = self.embed_tokens([rows[i] for i in indices], normalize=normalize)
+        return output
+
+    def inference_tokens(self, texts: Sequence[str], *, max_length: int | None = None) -> list[dict[str, list[int]]]:
+        """Each text's token ids (one dict of fields per text) as :meth:`encode` feeds them: in the pooler's
+        inference form (a prompt template, PromptBERT's test-time period), truncated to ``max_length``."""
+        tokens = self.tokenize(self.pooler.inference_texts(texts), max_length=max_length)
+        return [dict(zip(tokens, values)) for values in zip(*tokens.values())]
+
+    @torch.inference_mode()
+    def embed_tokens(self, rows: Sequence[dict[str, Sequence[int]]], *, normalize: bool | None = None) -> np.ndarray:
+        """(B, H) float32 embeddings of tokenized rows (:meth:`inference_tokens`), padded here to the longest,
+        in eval mode whatever the module's mode."""
+        normalize = self.normalize if normalize is None else normalize
+        batch = pad_batch(rows, self.pad_token_id)  # (B, T) each
         was_training = self.training
         self.eval()
-        device = self.device
-        output = np.empty((len(texts), self.embedding_dim), dtype=np.float32)
         try:
-            starts = range(0, len(order), batch_size)
-            for start in tqdm(starts, desc="encode", disable=not show_progress, unit="batch"):
-                indices = order[start : start + batch_size]
-                batch = pad_batch([{key: tokens[key][i] for key in tokens} for i in indices], self.pad_token_id)
-                embeddings = self(**{key: value.to(device) for key, value in batch.items()}).float()
-                if normalize:
-                    embeddings = nn.functional.normalize(embeddings, dim=-1)
-                output[indices] = embeddings.cpu().numpy()
+            embeddings = self(**{key: value.to(self.device) for key, value in batch.items()}).float()  # (B, H)
         finally:
             self.train(was_training)
-        return output
+        if normalize:
+            embeddings = nn.functional.normalize(embeddings, dim=-1)
+        return embeddings.cpu().numpy()
 
     # ------------------------------------------------------------------ facts
     @property
