@@ -116,10 +116,22 @@ def _recipe_text(text: str) -> Callable[[Scene], None]:
     return write
 
 
+def _file(name: str, text: str) -> Callable[[Scene], None]:
+    def write(scene: Scene) -> None:
+        (scene.root / name).write_text(text)
+
+    return write
+
+
+def _earlier_embeddings(scene: Scene) -> None:
+    assert main(["encode", str(scene.model), str(scene.root / "train.txt"), "--output", str(scene.root / "out.npy")]) == 0
+
+
 def _unwritable() -> str:
     return "/proc/csekit-out" if os.geteuid() == 0 else "/csekit-out"  # root writes anywhere but /proc
 
 
+ENCODE = ["encode", "{model}", "{root}/train.txt"]
 TRAIN, EVAL = ["train", "{recipe}"], ["eval", "{model}", "--tasks", "stsb", "--mode", "dev", "--data-dir", str(DATA_DIR)]
 #: id -> (prepare the scene, the command, what the one line must say)
 # fmt: off
@@ -215,6 +227,26 @@ CASES: dict[str, tuple[Callable[[Scene], None] | None, list[str], str]] = {
     "eval with an unknown pooler": (None, [*EVAL, "--pooler", "avg"], "invalid choice: 'avg' (choose from 'cls'"),
     "eval in an unknown mode": (None, [*EVAL, "--mode", "val"], "invalid choice: 'val'"),
     "eval group without paths": (None, ["eval", "--group", "simcse", "--data-dir", str(DATA_DIR)], "NAME=PATH"),
+    # --- encode
+    "encode over a file csekit did not write": (_file("out.npy", "mine"), [*ENCODE, "--output", "{root}/out.npy"],
+                                                "was not written by csekit encode"),
+    "encode over earlier embeddings": (_earlier_embeddings, [*ENCODE, "--output", "{root}/out.npy"],
+                                       "--overwrite replaces them"),
+    "encode to an unknown format": (None, [*ENCODE, "--output", "{root}/out.csv"], "unknown format '.csv'"),
+    "encode a missing input": (None, ["encode", "{model}", "{root}/none.txt", "--output", "{root}/out.npy"],
+                               "does not exist"),
+    "encode a field the input lacks": (_file("c.jsonl", '{"body": "a text"}\n'),
+                                       ["encode", "{model}", "{root}/c.jsonl", "--output", "{root}/out.npy"],
+                                       "c.jsonl:1: missing key(s) text"),
+    "encode with duplicate ids": (_file("c.csv", "id,text\n1,a\n1,b\n"), ["encode", "{model}", "{root}/c.csv",
+                                  "--id-column", "id", "--output", "{root}/out.npy"], "c.csv:3: id '1' occurs twice"),
+    "encode --dim beyond the model": (None, [*ENCODE, "--output", "{root}/out.npy", "--dim", "64"], "outside 1..32"),
+    "encode binary of 12 dimensions": (None, [*ENCODE, "--output", "{root}/out.npy", "--precision", "binary",
+                                              "--dim", "12"], "a multiple of 8"),
+    "encode with a token budget below the max length": (None, [*ENCODE, "--output", "{root}/out.npy",
+                                                               "--max-tokens", "16"], "give at least 64"),
+    "encode in an unknown precision": (None, [*ENCODE, "--output", "{root}/out.npy", "--precision", "int4"],
+                                       "invalid choice: 'int4'"),
 }
 # fmt: on
 

@@ -79,7 +79,26 @@ def read_examples(
     Pass a ``stats`` object to learn how many lines were read, empty, or skipped as bad.
     """
     path = Path(path)
-    columns = tuple(columns)
+    return _read(path, _check_file(path, tuple(columns)), tuple(columns), skip_bad_lines,
+                 stats if stats is not None else ReadStats())  # fmt: skip
+
+
+def read_numbered(
+    path: str | os.PathLike,
+    *,
+    columns: tuple[str, ...],
+    skip_bad_lines: bool = False,
+    stats: ReadStats | None = None,
+) -> Iterator[tuple[int, Example]]:
+    """``(line, example)`` for each usable line of ``path``, ``line`` being where its record starts:
+    :func:`read_examples` for a reader that must tell which line a result came from."""
+    path = Path(path)
+    return _numbered(path, _check_file(path, tuple(columns)), tuple(columns), skip_bad_lines,
+                     stats if stats is not None else ReadStats())  # fmt: skip
+
+
+def _check_file(path: Path, columns: tuple[str, ...]) -> str:
+    """The problems of a file as a whole, raised at once; its suffix."""
     if not columns:
         raise ValueError("columns must name at least one column")
     if not path.exists():
@@ -96,7 +115,7 @@ def read_examples(
             f"{path}: a .txt file holds one sentence per line, but {', '.join(columns)} are needed; "
             "use a .csv, .tsv or .jsonl file with those columns"
         )
-    return _read(path, suffix, columns, skip_bad_lines, stats if stats is not None else ReadStats())
+    return suffix
 
 
 def read_many(
@@ -120,6 +139,11 @@ ReportBad = Callable[..., None]  # (line, reason, lines=1): ``lines`` a bad reco
 
 
 def _read(path: Path, suffix: str, columns: tuple[str, ...], skip_bad_lines: bool, stats: ReadStats):
+    for _, example in _numbered(path, suffix, columns, skip_bad_lines, stats):
+        yield example
+
+
+def _numbered(path: Path, suffix: str, columns: tuple[str, ...], skip_bad_lines: bool, stats: ReadStats):
     def report_bad(line: int, reason: str, lines: int = 1) -> None:
         message = f"{path}:{line}: {reason}"
         if not skip_bad_lines:
@@ -134,7 +158,8 @@ def _read(path: Path, suffix: str, columns: tuple[str, ...], skip_bad_lines: boo
                 stats.empty += 1
                 continue
             stats.read += 1
-            yield example
+            # A csv record may span lines: it starts where the parser last reset ``first``.
+            yield (lines.first if suffix in (".csv", ".tsv") else lines.number), example
 
 
 class _Lines:

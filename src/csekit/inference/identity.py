@@ -1,0 +1,42 @@
+"""What a set of embeddings was computed with, so that vectors of different models are never mixed.
+
+An index, an encode run being resumed, or a server with an index compares identities before it uses
+vectors: the digest covers every weight and buffer the encoder computes with (backbone, head, output
+modules) and the pooler's settings (a prompt template is part of it), so two models agree only when they
+compute the same function, wherever their files live.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import torch
+
+from csekit.errors import CsekitError
+from csekit.models import SentenceEncoder
+from csekit.models.saving import saved_pooler
+
+
+def model_identity(encoder: SentenceEncoder, name: str) -> dict[str, Any]:
+    """``{"model": name, "pooler": {...}, "dim", "normalize", "max_length", "digest"}`` of ``encoder``."""
+    pooler = saved_pooler(encoder)
+    digest = hashlib.sha256(json.dumps(pooler, sort_keys=True).encode())
+    for key, tensor in sorted(encoder.state_dict().items()):
+        if key.startswith("head.") and not encoder.uses_head:
+            continue  # a train-only head does not take part in inference
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return {"model": name, "pooler": pooler, "dim": encoder.embedding_dim, "normalize": bool(encoder.normalize),
+            "max_length": encoder.max_length, "digest": digest.hexdigest()[:32]}  # fmt: skip
+
+
+def check_same_model(saved: dict[str, Any], current: dict[str, Any], *, what: str) -> None:
+    """Refuse ``current`` where ``what`` (an index, a partial encode) was made with the ``saved`` model."""
+    if saved.get("digest") != current.get("digest"):
+        raise CsekitError(f"{what} was made with another model ({saved.get('model')}, pooler "
+                          f"{saved.get('pooler', {}).get('name')}, digest {saved.get('digest')}) than "
+                          f"{current['model']} (pooler {current['pooler']['name']}, digest {current['digest']}): "
+                          "use that model, or build it again with this one")  # fmt: skip
