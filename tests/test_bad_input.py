@@ -247,6 +247,17 @@ CASES: dict[str, tuple[Callable[[Scene], None] | None, list[str], str]] = {
                                                                "--max-tokens", "16"], "give at least 64"),
     "encode in an unknown precision": (None, [*ENCODE, "--output", "{root}/out.npy", "--precision", "int4"],
                                        "invalid choice: 'int4'"),
+    # --- index and search
+    "index of a file csekit did not write": (None, ["index", "{root}/train.txt", "--output", "{root}/index"],
+                                             "it was not written by csekit encode"),
+    "index over a foreign folder": (_foreign_folder, ["index", "{root}/out.npy", "--output", "{root}/mine"],
+                                    "is not a csekit index"),
+    "index setting of another kind": (None, ["index", "{root}/out.npy", "--output", "{root}/index", "--m", "8"],
+                                      "a flat index has no setting(s) m"),
+    "ivfpq over too few vectors": (_earlier_embeddings, ["index", "{root}/out.npy", "--output", "{root}/index",
+                                                         "--kind", "ivfpq"], "needs at least 39936 vectors"),
+    "search a folder that is no index": (None, ["search", "{root}/tiny", "a query"], "is not a csekit index"),
+    "search -k 0": (None, ["search", "{root}/tiny", "a query", "-k", "0"], "-k: must be at least 1, not 0"),
 }
 # fmt: on
 

@@ -137,8 +137,14 @@ def _shards(corpus: Corpus, size: int, total: list[int]) -> Iterator[tuple[int, 
         total[0] += len(ids)
 
 
+def embed_texts(encoder: SentenceEncoder, texts: list[str], settings: EncodeSettings) -> np.ndarray:
+    """(N, D) float32 vectors of ``texts`` as ``csekit encode`` computes them under ``settings`` (its
+    dimension prefix and normalisation): what a query against an encoded corpus must be."""
+    return _embed(encoder, encoder.inference_tokens(texts), settings)
+
+
 def _embed(encoder: SentenceEncoder, rows: list[dict], settings: EncodeSettings) -> np.ndarray:
-    """(n, D) float32 vectors of one shard, in its order."""
+    """(n, D) float32 vectors of tokenised rows, in their order."""
     vectors = np.empty((len(rows), settings.dim or encoder.embedding_dim), dtype=np.float32)
     lengths = [len(row["input_ids"]) for row in rows]
     for batch in token_budget_batches(lengths, max_tokens=settings.max_tokens, max_rows=settings.max_rows):
