@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from machine import machine
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
 
@@ -117,28 +117,6 @@ def limit_pairs(limit: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ report
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "torch": torch.__version__}  # fmt: skip
-    try:
-        import sentence_transformers
-
-        info["sentence_transformers"] = sentence_transformers.__version__
-    except ImportError:
-        pass
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tasks = parse_tasks(args.tasks)

@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import torch
+from machine import machine
 
 from csekit import load_encoder
 from csekit.evaluation.alignment_uniformity import AlignmentUniformityEvaluator
@@ -116,18 +116,6 @@ def markdown(record: dict) -> str:
                   "|" + " ---: |" * (len(transfer) + 1),
                   "| " + " | ".join(f"{s:.2f}" for s in scores) + f" | {sum(scores) / len(scores):.2f} |"]  # fmt: skip
     return "\n".join(lines) + "\n"
-
-
-def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo.read_text(encoding="utf-8").splitlines()
-                    if line.startswith("model name")), cpu)  # fmt: skip
-    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def main(argv: list[str] | None = None) -> int:

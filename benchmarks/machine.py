@@ -23,6 +23,12 @@ def machine() -> dict:
                     if line.startswith("model name")), cpu)  # fmt: skip
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "load_1min": round(os.getloadavg()[0], 2), "python": platform.python_version(), "torch": torch.__version__}  # fmt: skip
+    try:
+        import sentence_transformers
+
+        info["sentence_transformers"] = sentence_transformers.__version__
+    except ImportError:
+        pass
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info

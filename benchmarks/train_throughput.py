@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from machine import describe, machine
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("CSEKIT_SHARED", os.path.relpath(ROOT.parent / "shared")))  # printed: relative
@@ -63,7 +64,7 @@ def main() -> None:
                     "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
                     "runs": runs,
                 })  # fmt: skip
-    print(f"machine: {machine()}; model {args.model}; device {args.device}; max_length 32; "
+    print(f"machine: {describe(machine())}; model {args.model}; device {args.device}; max_length 32; "
           f"{args.steps} measured steps after {args.warmup}; median of {args.repeats}")  # fmt: skip
     print("| batch | method | sentences/s | peak memory (MB) | speed-up |")
     print("| ---: | --- | ---: | ---: | ---: |")
@@ -72,7 +73,7 @@ def main() -> None:
         print(f"| {row['batch_size']} | {row['method']} | {row['examples_per_s']:.1f} | {row['peak_memory_mb']:.0f} "
               f"| {row['examples_per_s'] / base['examples_per_s']:.2f}x |")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine(), "args": vars(args), "rows": rows}, indent=2))
+        Path(args.json).write_text(json.dumps({"machine": describe(machine()), "args": vars(args), "rows": rows}, indent=2))
 
 
 def materialise(model: str, scratch: Path) -> str:
@@ -171,18 +172,6 @@ def st_worker(args) -> dict:
         trainer.train()
     seconds = clock[total] - clock[args.warmup]
     return {"examples_per_s": args.steps * args.batch_size / seconds, "peak_memory_mb": peak_memory(args.device)}
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import torch
-
-    gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}"
 
 
 WORKERS = {"csekit": csekit_worker, "sentence-transformers": st_worker}
