@@ -8,11 +8,13 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from hub_server import HubServer
 from safetensors.torch import load_file
 from tokenizers import AddedToken, ByteLevelBPETokenizer
 from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel, RobertaTokenizer
@@ -82,6 +84,20 @@ def data_dir() -> Path:
     if not DATA_DIR.is_dir():
         pytest.skip(f"evaluation data not found at {DATA_DIR}")
     return DATA_DIR
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Iterator[HubServer]:
+    """A stand-in for the hub on 127.0.0.1, serving ``tmp_path/hub``; every download goes to it (HF_ENDPOINT)."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")  # a proxy in the environment must not intercept it
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    (tmp_path / "hub").mkdir()
+    server = HubServer(tmp_path / "hub")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    try:
+        yield server
+    finally:
+        server.close()
 
 
 # ----------------------------------------------------------------------------- training runs

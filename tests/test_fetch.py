@@ -1,62 +1,21 @@
-"""``csekit data fetch`` against a local HTTP server: download, unpack, verify, and refuse bad archives."""
+"""``csekit data fetch`` against a local HTTP server: download, unpack, verify, refuse bad archives, resume."""
 
 from __future__ import annotations
 
-import functools
-import http.server
-import shutil
 import tarfile
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hub_server import senteval_archive as _build_archive
 
 from csekit.cli.main import main
 from csekit.data.senteval import manifest, verify_files
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format, *args):
-        pass
-
-
 @pytest.fixture
-def server(tmp_path, monkeypatch) -> Iterator[tuple[Path, str]]:
-    """(folder served, its base URL) on 127.0.0.1 at an ephemeral port."""
-    # A proxy set in the environment must not intercept the loopback request.
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    served = tmp_path / "served"
-    served.mkdir()
-    handler = functools.partial(_QuietHandler, directory=str(served))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(timeout=10)
-
-
-def _build_archive(data_dir: Path, work: Path, archive: Path, *, alter: str | None = None) -> Path:
-    """A tar like SimCSE's senteval.tar: ``senteval/downstream/<every manifest file>``.
-
-    With ``alter``, that one file gets an extra line, as a corrupted or edited download would.
-    """
-    root = work / "senteval"
-    for relative in manifest():
-        target = root / "downstream" / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(data_dir / relative, target)
-    if alter is not None:
-        with open(root / "downstream" / alter, "a", encoding="utf-8") as handle:
-            handle.write("an extra line\n")
-    with tarfile.open(archive, "w") as tar:
-        tar.add(root, arcname="senteval")
-    return archive
+def server(hub) -> tuple[Path, str]:
+    """(folder served, its base URL)."""
+    return hub.root, hub.url
 
 
 def _fetch(dest: Path, url: str) -> int:
@@ -132,3 +91,20 @@ def test_a_tar_without_downstream_is_refused(server, tmp_path, capsys):
         tar.add(tmp_path / "other", arcname="other")
     assert _fetch(tmp_path / "cache", f"{base}/other.tar") == 2
     assert "no downstream/ folder" in capsys.readouterr().err
+
+
+def test_an_interrupted_download_continues_where_it_stopped(data_dir, hub, tmp_path, capsys):
+    archive = _build_archive(data_dir, tmp_path / "good", hub.root / "senteval.tar")
+    hub.cut["/senteval.tar"] = archive.stat().st_size // 3  # the connection drops a third of the way
+    dest = tmp_path / "cache"
+
+    assert _fetch(dest, f"{hub.url}/senteval.tar") == 2
+    err = capsys.readouterr().err
+    assert f"stopped at {archive.stat().st_size // 3:,} of {archive.stat().st_size:,} bytes" in err
+    assert "run again" in err and err.count("\n") == 1
+    assert not (dest / "downstream").exists()
+
+    assert _fetch(dest, f"{hub.url}/senteval.tar") == 0
+    assert hub.requests[-1] == ("GET", "/senteval.tar", f"bytes={archive.stat().st_size // 3}-")
+    verify_files(dest / "downstream", manifest())
+    assert sorted(path.name for path in dest.iterdir()) == ["downstream"]

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from csekit.data.senteval import DEFAULT_DIR, DEFAULT_URL, fetch
+from csekit.data.senteval import default_dir, fetch
 
 
 def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
     parser = commands.add_parser(name, help="evaluation data")
     actions = parser.add_subparsers(dest="action", required=True)
     get = actions.add_parser("fetch", help="download SentEval's processed data and verify its checksums")
-    get.add_argument("--dest", default=str(DEFAULT_DIR.parent), help="folder to hold downstream/")
-    get.add_argument("--url", default=DEFAULT_URL, help="tar archive with a downstream/ folder")
+    get.add_argument("--dest", help=f"folder to hold downstream/ (default: {default_dir().parent}, or $CSEKIT_CACHE/senteval)")
+    get.add_argument("--url", help="tar archive with a downstream/ folder (default: SimCSE's senteval.tar on the hub)")
     get.set_defaults(run=run_fetch)
 
 

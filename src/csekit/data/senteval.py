@@ -12,25 +12,31 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tarfile
 import tempfile
-import urllib.request
 from collections.abc import Iterable
 from functools import cache
 from pathlib import Path
 
 from csekit.atomic import replace_dir
+from csekit.data.download import cache_root, fetch_url, hub_endpoint
 from csekit.errors import CsekitError
 
-#: The processed SentEval data SimCSE's download script fetches (a tar with a ``downstream/`` folder).
-DEFAULT_URL = "https://huggingface.co/datasets/princeton-nlp/datasets-for-simcse/resolve/main/senteval.tar"
 ENV_VAR = "CSEKIT_DATA"
-DEFAULT_DIR = Path("~/.cache/csekit/senteval/downstream").expanduser()
 HOW_TO_GET = (
     f"pass --data-dir or set {ENV_VAR} to SentEval's downstream/ folder, "
     "or download it with `csekit data fetch`"
 )
+
+
+def default_url() -> str:
+    """The processed SentEval data SimCSE's download script fetches (a tar with a ``downstream/`` folder)."""
+    return f"{hub_endpoint()}/datasets/princeton-nlp/datasets-for-simcse/resolve/main/senteval.tar"
+
+
+def default_dir() -> Path:
+    """Where ``csekit data fetch`` puts ``downstream/`` by default: the user cache."""
+    return cache_root() / "senteval" / "downstream"
 
 
 @cache
@@ -43,8 +49,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """The downstream/ folder: the argument, else ``$CSEKIT_DATA``, else the fetch default."""
     chosen = data_dir or os.environ.get(ENV_VAR)
     if chosen is None:
-        if DEFAULT_DIR.is_dir():
-            return DEFAULT_DIR
+        if default_dir().is_dir():
+            return default_dir()
         raise CsekitError(f"no evaluation data found: {HOW_TO_GET}")
     path = Path(chosen).expanduser()
     if not path.is_dir():
@@ -76,33 +82,35 @@ def verify_files(data_dir: Path, relative_paths: Iterable[str]) -> None:
             )
 
 
-def fetch(dest: str | os.PathLike | None = None, *, url: str = DEFAULT_URL) -> Path:
+def fetch(dest: str | os.PathLike | None = None, *, url: str | None = None) -> Path:
     """Download and unpack the SentEval data, verify every file, and return the downstream/ folder.
 
-    ``dest`` is the folder that will hold ``downstream/`` (default ``~/.cache/csekit/senteval``).
-    The data is unpacked into a temporary folder and moved into place only once it verifies.
+    ``dest`` is the folder that will hold ``downstream/`` (default: the user cache's ``senteval/``).
+    The archive is downloaded beside it (an interrupted download continues where it stopped), unpacked
+    into a temporary folder and moved into place only once every file verifies.
     """
-    dest_root = Path(dest).expanduser() if dest else DEFAULT_DIR.parent
+    url = url or default_url()
+    dest_root = Path(dest).expanduser() if dest else default_dir().parent
     dest_root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest_root, prefix=".fetch-") as scratch:
-        archive = Path(scratch) / "senteval.tar"
-        try:
-            with urllib.request.urlopen(url, timeout=60) as response, open(archive, "wb") as out:
-                shutil.copyfileobj(response, out)
-        except OSError as error:
-            raise CsekitError(f"cannot download {url}: {_one_line(error)}") from None
-        unpacked = Path(scratch) / "unpacked"
-        try:
-            with tarfile.open(archive) as tar:
-                tar.extractall(unpacked, filter="data")  # refuses absolute paths and links out of the folder
-        except (tarfile.TarError, OSError) as error:
-            raise CsekitError(f"{url} is not a readable tar archive: {_one_line(error)}") from None
-        found = [p for p in unpacked.rglob("downstream") if p.is_dir()]
-        if not found:
-            raise CsekitError(f"{url} has no downstream/ folder: is it SentEval's data?")
-        verify_files(found[0], manifest())
-        target = dest_root / "downstream"
-        replace_dir(found[0], target)
+    # Named by its URL, so that a partial download is only ever continued from the same archive.
+    archive = dest_root / f".senteval-{hashlib.sha256(url.encode()).hexdigest()[:12]}.tar.partial"
+    fetch_url(url, archive)
+    try:  # a whole archive is used once: a bad one must be downloaded anew, not continued
+        with tempfile.TemporaryDirectory(dir=dest_root, prefix=".fetch-") as scratch:
+            unpacked = Path(scratch) / "unpacked"
+            try:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(unpacked, filter="data")  # refuses absolute paths and links out of the folder
+            except (tarfile.TarError, OSError) as error:
+                raise CsekitError(f"{url} is not a readable tar archive: {_one_line(error)}") from None
+            found = [p for p in unpacked.rglob("downstream") if p.is_dir()]
+            if not found:
+                raise CsekitError(f"{url} has no downstream/ folder: is it SentEval's data?")
+            verify_files(found[0], manifest())
+            target = dest_root / "downstream"
+            replace_dir(found[0], target)
+    finally:
+        archive.unlink(missing_ok=True)
     return target
 
 
