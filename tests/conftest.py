@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random encoders (math and contracts) and the local assets."""
+"""Shared fixtures: tiny random encoders (math and contracts) and the external assets."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -19,16 +20,40 @@ from safetensors.torch import load_file
 from tokenizers import AddedToken, ByteLevelBPETokenizer
 from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel, RobertaTokenizer
 
+from csekit.data.assets import ASSETS, MissingAssets, resolve
+from csekit.errors import CsekitError
 from csekit.models import SentenceEncoder
 
 # Tiny models gain nothing from a second thread, and one thread everywhere (subprocesses included)
 # keeps float reductions in the same order, so runs compare bit for bit.
 torch.set_num_threads(1)
 
-SHARED = Path(os.environ.get("CSEKIT_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+# The shared folder (default: ../shared beside the checkout), absolute, for csekit's resolver in this
+# process and in the subprocesses the tests start, whatever folder a test runs in.
+SHARED = Path(os.environ.get("CSEKIT_SHARED", Path(__file__).resolve().parents[2] / "shared")).resolve()
+os.environ["CSEKIT_SHARED"] = str(SHARED)
 DATA_DIR = SHARED / "data" / "senteval" / "downstream"
 BERT_MINI = SHARED / "models" / "bert-mini-mlm"
 MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
+
+
+@cache
+def _resolved(name: str) -> Path | str:
+    try:
+        return resolve([name])[name]
+    except MissingAssets as error:
+        return f"needs {name} ({ASSETS[name].shared} in a shared folder, or {ASSETS[name].public.describe()}): {error.reason}"
+    except CsekitError as error:
+        return str(error)
+
+
+def asset(name: str) -> Path:
+    """An external asset, found as the demo finds it (the shared folder, the user cache, or a download), or a
+    skip that names it and says how to provide it."""
+    found = _resolved(name)
+    if isinstance(found, str):
+        pytest.skip(found)  # it names the asset
+    return found
 
 
 def tiny_config(**overrides) -> BertConfig:

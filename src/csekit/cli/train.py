@@ -1,9 +1,11 @@
-"""``csekit train RECIPE.yaml [--set key=value ...] [--resume]``."""
+"""``csekit train RECIPE.yaml [--set key=value ...] [--asset key=asset ...] [--resume]``."""
 
 from __future__ import annotations
 
 import argparse
+import json
 
+from csekit.data.assets import ASSETS, resolve
 from csekit.errors import CsekitError
 from csekit.training.config import TrainConfig
 
@@ -13,6 +15,9 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("recipe", nargs="?", help="YAML recipe (see recipes/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a recipe key, e.g. --set model=bert-base-uncased (repeatable)")  # fmt: skip
+    parser.add_argument("--asset", dest="assets", action="append", default=[], metavar="KEY=ASSET",
+                        help="set a recipe key to an asset: the copy in $CSEKIT_SHARED when there is one, else its "
+                             f"public equivalent, downloaded once into the user cache ({', '.join(ASSETS)})")  # fmt: skip
     parser.add_argument("--skip-bad-lines", action="store_true",
                         help="count and skip malformed training lines instead of stopping at the first")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="continue from OUTPUT_DIR/checkpoint")
@@ -40,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from csekit.distributed import get_rank
     from csekit.training.trainer import train
 
-    overrides = [*args.overrides, *(["skip_bad_lines=true"] if args.skip_bad_lines else [])]
+    overrides = [*asset_overrides(args.assets), *args.overrides, *(["skip_bad_lines=true"] if args.skip_bad_lines else [])]
     config = TrainConfig.from_yaml(args.recipe, overrides)
     result = train(config, resume=args.resume, overwrite=args.overwrite)
     if get_rank() != 0:  # under torchrun, one process reports
@@ -52,6 +57,20 @@ def run(args: argparse.Namespace) -> int:
     if args.compare_sts:
         compare_sts(config.model, config.pooler, str(result.output_dir / "best"), data_dir=config.data_dir)
     return 0
+
+
+def asset_overrides(pairs: list[str]) -> list[str]:
+    """``KEY=ASSET`` pairs as ``--set`` overrides to where each asset is, printed (what is missing is downloaded)."""
+    keys = {}
+    for pair in pairs:
+        key, sep, name = pair.partition("=")
+        if not sep:
+            raise CsekitError(f"--asset {pair!r}: expected key=asset, e.g. model=bert-mini")
+        keys[key.strip()] = name.strip()
+    paths = resolve(keys.values(), on_download=lambda asset: print(f"downloading {asset.public.describe()}", flush=True))
+    for key, name in keys.items():
+        print(f"{key}: {name} from {paths[name]}")
+    return [f"{key}={json.dumps(str(paths[name]))}" for key, name in keys.items()]  # JSON is YAML, quoted
 
 
 def compare_sts(start: str, start_pooler: str, trained: str, *, data_dir: str | None) -> None:
