@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import socket
+import string
 import subprocess
 import sys
 import time
@@ -18,9 +21,17 @@ import yaml
 from hub_server import HubServer
 from safetensors.torch import load_file
 from tokenizers import AddedToken, ByteLevelBPETokenizer
-from transformers import AutoTokenizer, BertConfig, BertModel, RobertaConfig, RobertaModel, RobertaTokenizer
+from transformers import (
+    AutoTokenizer,
+    BertConfig,
+    BertModel,
+    BertTokenizer,
+    RobertaConfig,
+    RobertaModel,
+    RobertaTokenizer,
+)
 
-from csekit.data.assets import ASSETS, MissingAssets, resolve
+from csekit.data.assets import ASSETS, MissingAssets, locate, resolve
 from csekit.errors import CsekitError
 from csekit.models import SentenceEncoder
 
@@ -32,9 +43,6 @@ torch.set_num_threads(1)
 # process and in the subprocesses the tests start, whatever folder a test runs in.
 SHARED = Path(os.environ.get("CSEKIT_SHARED", Path(__file__).resolve().parents[2] / "shared")).resolve()
 os.environ["CSEKIT_SHARED"] = str(SHARED)
-DATA_DIR = SHARED / "data" / "senteval" / "downstream"
-BERT_MINI = SHARED / "models" / "bert-mini-mlm"
-MINILM = SHARED / "models" / "all-MiniLM-L6-v2"
 
 
 @cache
@@ -56,6 +64,83 @@ def asset(name: str) -> Path:
     return found
 
 
+def shared_file(relative: str) -> Path:
+    """A file only the shared folder has (no public equivalent csekit downloads), or a skip naming it."""
+    path = SHARED / relative
+    if not path.exists():
+        pytest.skip(f"needs {relative} from the shared folder ({SHARED}), which this machine lacks")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    return asset("senteval")
+
+
+@pytest.fixture(scope="session")
+def bert_mini() -> Path:
+    return asset("bert-mini")
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Path:
+    return asset("all-MiniLM-L6-v2")
+
+
+@pytest.fixture
+def hub(tmp_path, monkeypatch) -> Iterator[HubServer]:
+    """A stand-in for the hub on 127.0.0.1, serving ``tmp_path/hub``; every download goes to it (HF_ENDPOINT)."""
+    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")  # a proxy in the environment must not intercept it
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    (tmp_path / "hub").mkdir()
+    server = HubServer(tmp_path / "hub")
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+SENTENCES = [f"sentence number {i} says {word} things ." for i, word in enumerate(
+    "red blue green small large quick slow happy sad bright dark warm cold soft loud quiet".split() * 3)]  # fmt: skip
+
+
+def needs_bert_token_ids(why: str) -> None:
+    """For the few float32 checks whose margin holds on BERT's token ids: a skip under the small vocabulary."""
+    if locate("bert-mini") is None:
+        pytest.skip(f"needs bert-mini ({ASSETS['bert-mini'].shared}), whose token ids {why}")
+
+
+def tiny_tokenizer() -> BertTokenizer:
+    """The tiny encoders' tokenizer: BERT-mini's (the uncased BERT vocabulary) when this machine has it, else a
+    small WordPiece with BERT's special tokens at BERT's ids, so that the tests of the math and the contracts
+    need no external asset."""
+    local = locate("bert-mini")
+    if local is not None:
+        return AutoTokenizer.from_pretrained(local)
+    return BertTokenizer(vocab=dict(_small_vocab()), model_max_length=512)
+
+
+@cache
+def _small_vocab() -> dict[str, int]:
+    """BERT's size and layout ([PAD] 0, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103), every ASCII letter, digit
+    and punctuation mark alone and as a word's continuation (so any English text tokenizes), and every word
+    the tests write, so that their sentences tokenize word by word as BERT's vocabulary does. A word's id is
+    fixed by its hash: a test's token ids (and its tiny model's numbers) stay put when another test adds a word."""
+    size = 30522
+    fixed = ["[PAD]", *(f"[unused{i}]" for i in range(99)), "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    characters = string.ascii_lowercase + string.digits + string.punctuation
+    fixed += [*characters, *(f"##{c}" for c in characters)]
+    slots = fixed + [None] * (size - len(fixed))
+    text = " ".join(path.read_text(encoding="utf-8") for path in sorted(Path(__file__).parent.glob("*.py")))
+    for word in sorted(set(re.findall(r"[a-z]{2,}", text.lower()))):
+        index = int.from_bytes(hashlib.sha256(word.encode()).digest()[:8], "big") % size
+        while slots[index] is not None:  # a taken id: the next free one
+            index = (index + 1) % size
+        slots[index] = word
+    return {token or f"[unused{index}]": index for index, token in enumerate(slots)}
+
+
 def tiny_config(**overrides) -> BertConfig:
     """A 2-layer, 32-wide BERT over the uncased BERT vocabulary: random weights, milliseconds a step."""
     settings = dict(
@@ -69,8 +154,7 @@ def tiny_config(**overrides) -> BertConfig:
 def make_tiny_encoder(pooler: str = "cls", *, seed: int = 0, **config_overrides) -> SentenceEncoder:
     torch.manual_seed(seed)
     backbone = BertModel(tiny_config(**config_overrides), add_pooling_layer=False)
-    tokenizer = AutoTokenizer.from_pretrained(BERT_MINI)
-    return SentenceEncoder(backbone, tokenizer, pooler=pooler, max_length=64)
+    return SentenceEncoder(backbone, tiny_tokenizer(), pooler=pooler, max_length=64)
 
 
 def tiny_roberta(folder: Path, sentences: list[str]) -> SentenceEncoder:
@@ -104,31 +188,7 @@ def tiny_encoder() -> SentenceEncoder:
     return make_tiny_encoder()
 
 
-@pytest.fixture(scope="session")
-def data_dir() -> Path:
-    if not DATA_DIR.is_dir():
-        pytest.skip(f"evaluation data not found at {DATA_DIR}")
-    return DATA_DIR
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch) -> Iterator[HubServer]:
-    """A stand-in for the hub on 127.0.0.1, serving ``tmp_path/hub``; every download goes to it (HF_ENDPOINT)."""
-    monkeypatch.setenv("no_proxy", "127.0.0.1,localhost")  # a proxy in the environment must not intercept it
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    (tmp_path / "hub").mkdir()
-    server = HubServer(tmp_path / "hub")
-    monkeypatch.setenv("HF_ENDPOINT", server.url)
-    try:
-        yield server
-    finally:
-        server.close()
-
-
 # ----------------------------------------------------------------------------- training runs
-SENTENCES = [f"sentence number {i} says {word} things ." for i, word in enumerate(
-    "red blue green small large quick slow happy sad bright dark warm cold soft loud quiet".split() * 3)]  # fmt: skip
-
 
 def write_recipe(folder: Path, model: Path, **overrides) -> Path:
     data = folder / "train.txt"

@@ -97,6 +97,6 @@ def test_evaluator_uses_stsb_dev_pairs_above_four_and_distinct_sentences(data_di
     assert 1.5 < metrics["align"] < 2.5 and metrics["uniform"] < -2
 
 
-def test_evaluator_refuses_unknown_split(data_dir):
+def test_evaluator_refuses_unknown_split(tmp_path):
     with pytest.raises(CsekitError, match="split"):
-        AlignmentUniformityEvaluator(split="train", data_dir=data_dir)
+        AlignmentUniformityEvaluator(split="train", data_dir=tmp_path)

@@ -7,20 +7,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BERT_MINI, SHARED
-from transformers import AutoTokenizer
+from conftest import shared_file, tiny_tokenizer
 
 from csekit.data.batches import TrainingData
 from csekit.errors import CsekitError
 
-NLI = SHARED / "data" / "train" / "nli" / "snli_dev_triplets_senteval_tok.csv"
 TRIPLET = ("sent0", "sent1", "hard_neg")
 SIZE = 103  # prime: no batch size divides it, so the partial last batch is always exercised
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return AutoTokenizer.from_pretrained(BERT_MINI)
+    return tiny_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -210,13 +208,12 @@ def test_several_files_and_bad_lines(tmp_path, triplets, tokenize, tokenizer):
 
 # ------------------------------------------------------------------ the shared training file
 def test_snli_triplets_in_batches(tokenizer):
-    if not NLI.is_file():
-        pytest.skip(f"training data not found at {NLI}")
+    nli = shared_file("data/train/nli/snli_dev_triplets_senteval_tok.csv")
 
     def tokenize(texts):
         return dict(tokenizer(list(texts), truncation=True, max_length=32))
 
-    data = TrainingData(NLI, columns=TRIPLET, tokenize=tokenize, pad_token_id=tokenizer.pad_token_id)
+    data = TrainingData(nli, columns=TRIPLET, tokenize=tokenize, pad_token_id=tokenizer.pad_token_id)
     assert data.num_examples == 3172 and data.num_batches(64) == 49
     batch = next(data.batches(0, seed=42, batch_size=64))
     assert batch["sent0"]["input_ids"].shape[0] == 64 and batch["sent0"]["input_ids"].shape[1] <= 32

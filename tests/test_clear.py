@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import BERT_MINI, make_tiny_encoder, tiny_roberta
+from conftest import make_tiny_encoder, tiny_roberta
 
 from csekit.augment.text import (
     SentenceAugmenter,
@@ -329,9 +329,9 @@ def test_loss_matches_the_naive_reference(temperature):
     assert nt_xent(first, second, temperature, reduction="mean").item() == pytest.approx(expected.item(), rel=1e-6)
 
 
-def test_mlm_term_joins_the_contrastive_term():
+def test_mlm_term_joins_the_contrastive_term(bert_mini):
     """CLEAR's L = L_MLM + L_CL, with its own copy of the checkpoint's MLM head (the mlm wrapper)."""
-    config = TrainConfig(model=str(BERT_MINI), objective="clear", wrappers={"mlm": {"weight": 1.0}}, mlp_only_train=True,
+    config = TrainConfig(model=str(bert_mini), objective="clear", wrappers={"mlm": {"weight": 1.0}}, mlp_only_train=True,
                          options={"augmentations": ["span_deletion"]})  # fmt: skip
     encoder, objective = build_model(config)
     torch.manual_seed(0)

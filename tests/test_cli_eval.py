@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import BERT_MINI, make_tiny_encoder
+from conftest import make_tiny_encoder
 
 from csekit.cli.main import main
 
@@ -71,13 +71,12 @@ def test_eval_pooler_override(tiny_model, data_dir, capsys):
     assert "pooler max" in capsys.readouterr().out
 
 
-@pytest.mark.skipif(not BERT_MINI.is_dir(), reason=f"{BERT_MINI} not found")
-def test_repeated_eval_of_a_pretrained_checkpoint_is_bit_identical(data_dir, tmp_path):
+def test_repeated_eval_of_a_pretrained_checkpoint_is_bit_identical(bert_mini, data_dir, tmp_path):
     """BERT-mini has no trained pooler head: the one csekit draws for its default cls pooler is seeded."""
     records = []
     for name in ("first", "second"):
         out = tmp_path / f"{name}.json"
-        assert main(["eval", str(BERT_MINI), "--tasks", "stsb", "--mode", "dev", "--data-dir", str(data_dir),
+        assert main(["eval", str(bert_mini), "--tasks", "stsb", "--mode", "dev", "--data-dir", str(data_dir),
                      "--json", str(out)]) == 0  # fmt: skip
         records.append(json.loads(out.read_text())["results"])
     assert records[0] == records[1]
@@ -141,7 +140,7 @@ def test_eval_mixes_sts_and_a_subsampled_transfer_task(tiny_model, data_dir, tmp
     assert {"trec/dev"} <= set(transfer) and 0 <= transfer["trec"] <= 100
 
 
-def test_unknown_task_error_names_the_families(tiny_model, data_dir, capsys):
-    assert main(["eval", tiny_model, "--tasks", "mr,sst5", "--data-dir", str(data_dir)]) == 2
+def test_unknown_task_error_names_the_families(tiny_model, tmp_path, capsys):
+    assert main(["eval", tiny_model, "--tasks", "mr,sst5", "--data-dir", str(tmp_path)]) == 2
     err = _one_line_error(capsys)
     assert "'sst5'" in err and "transfer" in err and "align_uniform" in err

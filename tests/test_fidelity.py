@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BERT_MINI, make_tiny_encoder
+from conftest import make_tiny_encoder
 from transformers import BertForMaskedLM, BertModel
 
 import csekit.objectives.mlm as mlm
@@ -53,9 +53,10 @@ def naive_mlm_loss(backbone, head, masked_ids, attention_mask, labels) -> torch.
 
 
 @pytest.mark.parametrize(("objective", "views"), [("simcse", 2), ("simcse_sup", 3)])
-def test_mlm_masks_every_sentence_of_the_forward_pass_with_its_own_pretrained_head(monkeypatch, objective, views):
+def test_mlm_masks_every_sentence_of_the_forward_pass_with_its_own_pretrained_head(monkeypatch, objective, views,
+                                                                                    bert_mini):
     drawn = _record_masks(monkeypatch)
-    config = TrainConfig(model=str(BERT_MINI), objective=objective, wrappers={"mlm": {"weight": 0.1}},
+    config = TrainConfig(model=str(bert_mini), objective=objective, wrappers={"mlm": {"weight": 0.1}},
                          pooler="cls", dropout=0.0)  # fmt: skip
     encoder, wrapper = build_model(config)
     encoder, wrapper = encoder.double(), wrapper.double()  # a float64 run keeps float64
@@ -69,7 +70,7 @@ def test_mlm_masks_every_sentence_of_the_forward_pass_with_its_own_pretrained_he
     assert wrapper.views == (("sent0",) * 2 if objective == "simcse" else ("sent0", "sent1", "hard_neg"))
     assert masked.shape[0] == views * len(SENTENCES) and torch.equal(labels[labels != -100], expected_rows[labels != -100])
     # Its own copy of the pretrained MLM head (train.py: lm_head.load_state_dict(cls.predictions.state_dict())).
-    pretrained = BertForMaskedLM.from_pretrained(BERT_MINI).cls.double()
+    pretrained = BertForMaskedLM.from_pretrained(bert_mini).cls.double()
     for (name, ours), theirs in zip(wrapper.head.state_dict().items(), pretrained.state_dict().values(), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=0, atol=0, msg=name)
     assert wrapper.head.predictions.decoder.weight is not encoder.backbone.get_input_embeddings().weight
@@ -83,10 +84,10 @@ def test_mlm_masks_every_sentence_of_the_forward_pass_with_its_own_pretrained_he
     assert wrapper.head.predictions.decoder.weight.grad is not None
 
 
-def test_mlm_can_keep_csekits_earlier_form(monkeypatch):
+def test_mlm_can_keep_csekits_earlier_form(monkeypatch, bert_mini):
     drawn = _record_masks(monkeypatch)
-    encoder = load_encoder(str(BERT_MINI), pooler="cls")
-    wrapper = build_objective("simcse", encoder, context=RunContext(model=str(BERT_MINI)),
+    encoder = load_encoder(str(bert_mini), pooler="cls")
+    wrapper = build_objective("simcse", encoder, context=RunContext(model=str(bert_mini)),
                               wrappers={"mlm": {"sentences": "anchors", "tie_decoder": True}})  # fmt: skip
     wrapper(encoder, {"sent0": tokens(encoder, SENTENCES)})
     assert drawn[0][0].shape[0] == len(SENTENCES)  # the anchors only

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import BERT_MINI, MINILM, TINY_POOLER_SETTINGS, make_tiny_encoder, make_tiny_encoder_with
+from conftest import TINY_POOLER_SETTINGS, make_tiny_encoder, make_tiny_encoder_with
 from sentence_transformers import SentenceTransformer
 
 from csekit import POOLERS, CsekitError, SentenceEncoder, load_encoder
@@ -56,8 +56,8 @@ def test_every_stock_pooler_round_trips_through_sentence_transformers(tmp_path, 
     assert _max_diff(reloaded.encode(TEXTS), expected) < 1e-5
 
 
-def test_real_bert_mini_with_mean_pooling_round_trips(tmp_path):
-    encoder = SentenceEncoder.from_pretrained(str(BERT_MINI), pooler="mean")
+def test_real_bert_mini_with_mean_pooling_round_trips(tmp_path, bert_mini):
+    encoder = SentenceEncoder.from_pretrained(str(bert_mini), pooler="mean")
     expected = encoder.encode(TEXTS)
     encoder.save(tmp_path / "mini")
     by_st = SentenceTransformer(str(tmp_path / "mini"), device="cpu").encode(TEXTS)
@@ -113,12 +113,12 @@ def test_without_normalize_there_is_no_normalize_module(tmp_path):
     assert load_encoder(tmp_path / "model").normalize is False
 
 
-def test_minilm_loads_with_its_own_pooling_and_normalization():
+def test_minilm_loads_with_its_own_pooling_and_normalization(minilm):
     # A folder csekit did not write (no csekit_config.json): the pooler is read off its modules.
-    encoder = load_encoder(str(MINILM))
+    encoder = load_encoder(str(minilm))
     assert encoder.pooler.name == "mean"
     assert encoder.normalize is True
-    expected = SentenceTransformer(str(MINILM), device="cpu").encode(TEXTS)
+    expected = SentenceTransformer(str(minilm), device="cpu").encode(TEXTS)
     assert _max_diff(encoder.encode(TEXTS), expected) < 1e-5
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import BERT_MINI, make_tiny_encoder, train_single_and_two_ranks, write_recipe
+from conftest import make_tiny_encoder, tiny_tokenizer, train_single_and_two_ranks, write_recipe
 from sentence_transformers import SentenceTransformer
-from transformers import AutoTokenizer, RobertaConfig, RobertaModel
+from transformers import RobertaConfig, RobertaModel
 
 from csekit import CsekitError, SentenceEncoder, load_encoder
 from csekit.data.collate import pad_batch
@@ -88,7 +88,7 @@ def test_mask_text_in_a_sentence_is_not_a_mask_token():
 
 
 def test_bad_templates_are_refused_and_a_template_lives_only_in_a_mask_pooler():
-    tokenizer = AutoTokenizer.from_pretrained(BERT_MINI)
+    tokenizer = tiny_tokenizer()
     for template in ("no slots here", "[X] means", "[X] [MASK] [MASK]", "[X] [X] [MASK]"):
         with pytest.raises(CsekitError, match="must contain"):
             Prompt.from_template(template, tokenizer)
@@ -150,7 +150,7 @@ def test_denoised_state_of_an_empty_sentence_is_zero():
 def test_template_pass_puts_mask_where_the_filled_row_has_it(family):
     # A model-agnostic check of the positions: the template pass must equal the filled row with the
     # sentence's tokens hidden from attention (same tokens, same positions, sentence unseen).
-    tokenizer = AutoTokenizer.from_pretrained(BERT_MINI)
+    tokenizer = tiny_tokenizer()
     torch.manual_seed(0)
     if family == "bert":
         backbone = make_tiny_encoder("mask").backbone
@@ -199,8 +199,8 @@ def test_save_load_round_trip_is_exact_in_csekit_and_sentence_transformers(tmp_p
     assert float(np.abs(by_st.encode([*TEXTS, LONG]) - expected).max()) < 1e-5
 
 
-def test_a_raw_model_loaded_with_a_mask_pooler_gets_the_papers_template():
-    encoder = load_encoder(str(BERT_MINI), pooler="mask")
+def test_a_raw_model_loaded_with_a_mask_pooler_gets_the_papers_template(bert_mini):
+    encoder = load_encoder(str(bert_mini), pooler="mask")
     assert encoder.pooler.prompt.template == DEFAULT_TEMPLATE and encoder.head is None
 
 

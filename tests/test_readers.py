@@ -6,13 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import SHARED
+from conftest import asset, shared_file
 
 from csekit.data.readers import MAX_BAD_LINES, ReadStats, read_examples, read_many
 from csekit.errors import CsekitError
 
-NLI = SHARED / "data" / "train" / "nli" / "snli_dev_triplets_senteval_tok.csv"
-WIKI = SHARED / "data" / "train" / "unsup" / "wiki1m_for_simcse.first11914lines.txt"
 TRIPLET = ("sent0", "sent1", "hard_neg")
 
 
@@ -176,10 +174,9 @@ def test_read_many_chains_files_and_checks_every_path_first(tmp_path):
 
 # ------------------------------------------------------------------ the shared training files
 def test_snli_triplets_file():
-    if not NLI.is_file():
-        pytest.skip(f"training data not found at {NLI}")
+    nli = shared_file("data/train/nli/snli_dev_triplets_senteval_tok.csv")
     stats = ReadStats()
-    examples = list(read_examples(NLI, columns=TRIPLET, stats=stats))
+    examples = list(read_examples(nli, columns=TRIPLET, stats=stats))
     assert len(examples) == 3172 and (stats.empty, stats.bad) == (0, 0)
     assert examples[0] == {
         "sent0": "Two women are embracing while holding to go packages .",
@@ -190,9 +187,8 @@ def test_snli_triplets_file():
 
 
 def test_wiki_sentences_file():
-    if not WIKI.is_file():
-        pytest.skip(f"training data not found at {WIKI}")
+    wiki = asset("wiki1m-first11914")
     stats = ReadStats()
-    examples = list(read_examples(WIKI, columns=("sent0",), stats=stats))
+    examples = list(read_examples(wiki, columns=("sent0",), stats=stats))
     assert stats.read + stats.empty == 11914 and stats.bad == 0
     assert examples[0] == {"sent0": "YMCA in South Australia"}

@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import BERT_MINI, make_tiny_encoder
+from conftest import make_tiny_encoder
 
 from csekit.objectives import build_objective
 from csekit.training.config import TrainConfig
@@ -67,9 +67,9 @@ def test_supervised_loss_with_hard_negatives_matches_naive_reference(weight):
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
-def test_training_model_has_dropout_on_and_views_differ_only_in_training():
+def test_training_model_has_dropout_on_and_views_differ_only_in_training(bert_mini):
     # from_pretrained returns an eval-mode model; the trainer's build_model must switch dropout on.
-    config = TrainConfig(model=str(BERT_MINI), objective="simcse", mlp_only_train=True)
+    config = TrainConfig(model=str(bert_mini), objective="simcse", mlp_only_train=True)
     encoder, objective = build_model(config)
     batch = {"sent0": tokens(encoder, SENTENCES)}
     views = objective.embed(encoder, batch)
@@ -81,8 +81,8 @@ def test_training_model_has_dropout_on_and_views_differ_only_in_training():
     torch.testing.assert_close(views["view1"], views["view2"])
 
 
-def test_mlm_auxiliary_term_is_weighted_and_trains_the_backbone():
-    config = TrainConfig(model=str(BERT_MINI), objective="simcse", wrappers={"mlm": {"weight": 0.1}})
+def test_mlm_auxiliary_term_is_weighted_and_trains_the_backbone(bert_mini):
+    config = TrainConfig(model=str(bert_mini), objective="simcse", wrappers={"mlm": {"weight": 0.1}})
     encoder, objective = build_model(config)
     encoder.eval()  # the pretrained head's quality, without dropout's noise (gradients flow all the same)
     torch.manual_seed(0)

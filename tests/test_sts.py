@@ -7,7 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import MINILM
 from scipy.stats import pearsonr, spearmanr
 
 from csekit import CsekitError, load_encoder
@@ -375,16 +374,16 @@ def _slice_data(data_dir: Path, target: Path) -> Path:
     return target
 
 
-def test_minilm_scores_equal_an_independent_sentence_transformers_computation(data_dir, tmp_path):
+def test_minilm_scores_equal_an_independent_sentence_transformers_computation(data_dir, tmp_path, minilm):
     from sentence_transformers import SentenceTransformer
 
     sliced = _slice_data(data_dir, tmp_path / "downstream")
     # csekit's public path; verify=False because a slice cannot match the full files' checksums.
     evaluator = STSEvaluator("sts13,sickr", data_dir=sliced, verify=False)
-    metrics = evaluator.evaluate(load_encoder(str(MINILM)))
+    metrics = evaluator.evaluate(load_encoder(str(minilm)))
 
     # The plain path: stock sentence-transformers on every pair side, raw files parsed here.
-    model = SentenceTransformer(str(MINILM), device="cpu")
+    model = SentenceTransformer(str(minilm), device="cpu")
 
     def cosines(first: list[str], second: list[str]) -> np.ndarray:
         a = model.encode(first, convert_to_numpy=True).astype(np.float64)
@@ -442,11 +441,11 @@ def test_unknown_or_empty_task_names_raise(spec):
         parse_tasks(spec)
 
 
-def test_dev_mode_with_a_test_only_task_raises(data_dir):
+def test_dev_mode_with_a_test_only_task_raises(tmp_path):
     with pytest.raises(CsekitError, match="sts12 has only a test set"):
-        STSEvaluator("sts12", mode="dev", data_dir=data_dir)
+        STSEvaluator("sts12", mode="dev", data_dir=tmp_path)
 
 
-def test_unknown_mode_raises(data_dir):
+def test_unknown_mode_raises(tmp_path):
     with pytest.raises(CsekitError, match="mode"):
-        STSEvaluator("stsb", mode="train", data_dir=data_dir)
+        STSEvaluator("stsb", mode="train", data_dir=tmp_path)
