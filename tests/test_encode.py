@@ -13,12 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BERT_MINI, free_port, make_tiny_encoder
+from conftest import free_port, make_tiny_encoder
 
 from csekit.cli.main import main
 from csekit.inference.store import read_embeddings
-
-pytestmark = pytest.mark.skipif(not BERT_MINI.is_dir(), reason=f"the tiny encoders' tokenizer: {BERT_MINI} not found")
 
 WORDS = "red blue green small large quick slow happy sad bright dark warm cold soft loud quiet".split()
 

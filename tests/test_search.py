@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import BERT_MINI, make_tiny_encoder
+from conftest import make_tiny_encoder
 
 from csekit.cli.main import main
 from csekit.errors import CsekitError
@@ -17,7 +17,6 @@ from csekit.models import load_encoder
 from csekit.search import build_index, load_index
 
 pytest.importorskip("faiss")
-pytestmark = pytest.mark.skipif(not BERT_MINI.is_dir(), reason=f"the tiny encoders' tokenizer: {BERT_MINI} not found")
 
 WORDS = "red blue green small large quick slow happy sad bright dark warm cold soft loud quiet".split()
 TEXTS = [" ".join(WORDS[(i * 7 + j * 3) % len(WORDS)] for j in range(2 + i % 9)) + f" {i}" for i in range(2000)]
