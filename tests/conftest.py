@@ -105,9 +105,16 @@ SENTENCES = [f"sentence number {i} says {word} things ." for i, word in enumerat
     "red blue green small large quick slow happy sad bright dark warm cold soft loud quiet".split() * 3)]  # fmt: skip
 
 
+@cache
+def _bert_vocabulary() -> Path | None:
+    """BERT-mini's folder if this machine has it, decided once, so that every tiny encoder of a session shares
+    one tokenizer (a download during the session does not switch it)."""
+    return locate("bert-mini")
+
+
 def needs_bert_token_ids(why: str) -> None:
     """For the few float32 checks whose margin holds on BERT's token ids: a skip under the small vocabulary."""
-    if locate("bert-mini") is None:
+    if _bert_vocabulary() is None:
         pytest.skip(f"needs bert-mini ({ASSETS['bert-mini'].shared}), whose token ids {why}")
 
 
@@ -115,9 +122,8 @@ def tiny_tokenizer() -> BertTokenizer:
     """The tiny encoders' tokenizer: BERT-mini's (the uncased BERT vocabulary) when this machine has it, else a
     small WordPiece with BERT's special tokens at BERT's ids, so that the tests of the math and the contracts
     need no external asset."""
-    local = locate("bert-mini")
-    if local is not None:
-        return AutoTokenizer.from_pretrained(local)
+    if _bert_vocabulary() is not None:
+        return AutoTokenizer.from_pretrained(_bert_vocabulary())
     return BertTokenizer(vocab=dict(_small_vocab()), model_max_length=512)
 
 
@@ -189,7 +195,6 @@ def tiny_encoder() -> SentenceEncoder:
 
 
 # ----------------------------------------------------------------------------- training runs
-
 def write_recipe(folder: Path, model: Path, **overrides) -> Path:
     data = folder / "train.txt"
     data.write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
