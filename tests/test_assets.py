@@ -30,14 +30,10 @@ def elsewhere(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-@pytest.fixture
+# The copies to serve, resolved once a session (before any test points CSEKIT_SHARED or HF_ENDPOINT elsewhere).
+@pytest.fixture(scope="session")
 def wiki_source() -> Path:
     return asset("wiki1m-first11914")
-
-
-@pytest.fixture
-def bert_mini_source() -> Path:
-    return asset("bert-mini")
 
 
 def _files(folder: Path) -> list[str]:
@@ -109,8 +105,8 @@ def _serve_bert_mini(hub, source: Path, **config_changes) -> Path:
     return repo
 
 
-def test_a_hub_model_is_downloaded_checked_and_loads_like_the_shared_one(bert_mini_source, hub, elsewhere):
-    _serve_bert_mini(hub, bert_mini_source, model_type=None)  # a config from before transformers wrote the key
+def test_a_hub_model_is_downloaded_checked_and_loads_like_the_shared_one(bert_mini, hub, elsewhere):
+    _serve_bert_mini(hub, bert_mini, model_type=None)  # a config from before transformers wrote the key
     path = resolve(["bert-mini"])["bert-mini"]
     assert path == elsewhere / ASSETS["bert-mini"].cached
     assert {"config.json", "vocab.txt", "model.safetensors"} <= set(_files(path))
@@ -121,7 +117,7 @@ def test_a_hub_model_is_downloaded_checked_and_loads_like_the_shared_one(bert_mi
     assert not any(request[1].endswith("pytorch_model.bin") for request in hub.requests)  # safetensors found first
     assert not list(elsewhere.glob("models/.*"))  # the staging folder became the model
     texts = ["a man plays the guitar .", "two dogs run in a field ."]
-    expected = load_encoder(str(bert_mini_source), pooler="mean").encode(texts)
+    expected = load_encoder(str(bert_mini), pooler="mean").encode(texts)
     torch.testing.assert_close(torch.from_numpy(load_encoder(str(path), pooler="mean").encode(texts)),
                                torch.from_numpy(expected))  # fmt: skip
 
@@ -129,8 +125,8 @@ def test_a_hub_model_is_downloaded_checked_and_loads_like_the_shared_one(bert_mi
     assert resolve(["bert-mini"])["bert-mini"] == path and hub.requests == []
 
 
-def test_a_dropped_model_download_is_resumed_by_the_hubs_client(bert_mini_source, hub, elsewhere):
-    repo = _serve_bert_mini(hub, bert_mini_source)
+def test_a_dropped_model_download_is_resumed_by_the_hubs_client(bert_mini, hub, elsewhere):
+    repo = _serve_bert_mini(hub, bert_mini)
     hub.cut[WEIGHTS] = 30_000_000  # the client writes in 10 MiB chunks: it continues after the last whole one
     path = resolve(["bert-mini"])["bert-mini"]
     ranges = [int(request[2][6:-1]) for request in hub.requests if request[:2] == ("GET", WEIGHTS) and request[2]]
@@ -138,8 +134,8 @@ def test_a_dropped_model_download_is_resumed_by_the_hubs_client(bert_mini_source
     assert (path / "model.safetensors").read_bytes() == (repo / "model.safetensors").read_bytes()
 
 
-def test_corrupted_weights_are_refused_by_the_hubs_sha256(bert_mini_source, hub, elsewhere):
-    _serve_bert_mini(hub, bert_mini_source)
+def test_corrupted_weights_are_refused_by_the_hubs_sha256(bert_mini, hub, elsewhere):
+    _serve_bert_mini(hub, bert_mini)
     hub.flip[WEIGHTS] = 4096  # a byte altered in transit; the ETag is still the file's sha256
     with pytest.raises(CsekitError, match="model.safetensors does not match the sha256 the hub gives for it"):
         resolve(["bert-mini"])
@@ -150,8 +146,8 @@ def test_corrupted_weights_are_refused_by_the_hubs_sha256(bert_mini_source, hub,
     assert ("GET", WEIGHTS, None) in hub.requests  # downloaded anew, not continued
 
 
-def test_a_model_of_another_shape_is_refused(bert_mini_source, hub, elsewhere):
-    _serve_bert_mini(hub, bert_mini_source, num_hidden_layers=6)
+def test_a_model_of_another_shape_is_refused(bert_mini, hub, elsewhere):
+    _serve_bert_mini(hub, bert_mini, num_hidden_layers=6)
     with pytest.raises(CsekitError, match=r"is not google/bert_uncased_L-4_H-256_A-4: .*num_hidden_layers=6 \(expected 4\)"):
         resolve(["bert-mini"])
     assert _files(elsewhere) == []  # nothing kept
