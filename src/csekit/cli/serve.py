@@ -43,7 +43,7 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--api-key", help=f"require 'Authorization: Bearer KEY' on every route but /health (default: "
                         f"${API_KEY_VARIABLE}, which keeps the key out of the process list; unset: no key)")  # fmt: skip
     parser.add_argument("--index", metavar="PATH", help="a search index built with this model: adds POST /search")
-    parser.add_argument("--graceful-timeout", type=float, default=30.0,
+    parser.add_argument("--graceful-timeout", type=seconds, default=30.0,
                         help="seconds the requests in flight get to finish after SIGINT/SIGTERM (default: %(default)s)")  # fmt: skip
     parser.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], default="info")
     parser.set_defaults(run=run)
@@ -53,6 +53,16 @@ def port_number(text: str) -> int:
     value = positive_int(text)
     if value > 65535:
         raise argparse.ArgumentTypeError(f"a port is at most 65535, not {value}")
+    return value
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {text}")
     return value
 
 

@@ -34,7 +34,7 @@ from csekit.serve.errors import ApiError, error_body
 from csekit.serve.index import SearchIndex
 from csekit.serve.limits import ServeLimits, read_json_body
 from csekit.serve.metrics import ServeMetrics
-from csekit.serve.schema import parse_embed, parse_embeddings, parse_search, parse_similarity
+from csekit.serve.schema import Texts, parse_embed, parse_embeddings, parse_search, parse_similarity
 from csekit.serve.service import Embedded, EmbeddingService
 from csekit.serve.vectors import check_dimensions, cosine_to_first, model_output, to_base64, unit_rows
 
@@ -71,9 +71,10 @@ def create_app(
     _add_error_handlers(app)
     guarded = [Depends(BearerAuth(api_key))]
 
-    async def embedded(request: Request, texts: list[str], *, truncate: bool, param: str) -> Embedded:
-        result = await service.embed(texts, truncate=truncate, param=param)
-        metrics.record_embedded(request.url.path, inputs=len(texts), tokens=result.tokens, truncated=result.truncated)
+    async def embedded(request: Request, texts: Texts, *, truncate: bool) -> Embedded:
+        result = await service.embed(texts, truncate=truncate)
+        metrics.record_embedded(request.url.path, inputs=len(texts.values), tokens=result.tokens,
+                                truncated=result.truncated)  # fmt: skip
         return result
 
     @app.post("/v1/embeddings", dependencies=guarded)
@@ -83,7 +84,7 @@ def create_app(
             raise ApiError(404, f"model {asked.model!r} is not served here; this server serves {model_name!r}",
                            code="model_not_found", param="model")  # fmt: skip
         check_dimensions(asked.dimensions, encoder.embedding_dim)
-        result = await embedded(request, asked.texts, truncate=asked.truncate, param="input")
+        result = await embedded(request, asked.texts, truncate=asked.truncate)
         vectors = model_output(result.vectors, normalize=encoder.normalize, dimensions=asked.dimensions)
         as_json = to_base64 if asked.encoding_format == "base64" else _floats
         data = [{"object": "embedding", "index": i, "embedding": as_json(vector)} for i, vector in enumerate(vectors)]
@@ -93,15 +94,14 @@ def create_app(
     @app.post("/embed", dependencies=guarded)
     async def tei_embed(request: Request) -> JSONResponse:
         asked = parse_embed(await read_json_body(request, limits))
-        result = await embedded(request, asked.texts, truncate=asked.truncate, param="inputs")
+        result = await embedded(request, asked.texts, truncate=asked.truncate)
         vectors = unit_rows(result.vectors) if asked.normalize else result.vectors
         return _json([_floats(vector) for vector in vectors], result)
 
     @app.post("/similarity", dependencies=guarded)
     async def tei_similarity(request: Request) -> JSONResponse:
         asked = parse_similarity(await read_json_body(request, limits))
-        result = await embedded(request, [asked.source, *asked.sentences], truncate=asked.truncate,
-                                param="inputs.sentences")  # fmt: skip
+        result = await embedded(request, asked.source + asked.sentences, truncate=asked.truncate)
         return _json(cosine_to_first(result.vectors), result)
 
     if index is not None:
@@ -109,7 +109,7 @@ def create_app(
         @app.post("/search", dependencies=guarded)
         async def search(request: Request) -> JSONResponse:
             asked = parse_search(await read_json_body(request, limits))
-            result = await embedded(request, asked.queries, truncate=asked.truncate, param="query")
+            result = await embedded(request, asked.queries, truncate=asked.truncate)
             queries = model_output(result.vectors, normalize=encoder.normalize)  # (Q, D), as encode() returns them
             found = await run_in_threadpool(index.search, queries, asked.k)
             hits = [[{"id": str(key), "score": float(score)} for key, score in per_query] for per_query in found]

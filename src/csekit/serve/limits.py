@@ -10,11 +10,11 @@ the limit. The tokens of one input are limited by the model itself (its maximum 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from csekit.serve.errors import ApiError
+from csekit.serve.errors import ApiError, json_type
+from csekit.serve.schema import Texts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,33 +58,17 @@ async def read_json_body(request: _Body, limits: ServeLimits) -> dict[str, Any]:
     return body
 
 
-def check_texts(texts: Sequence[str], limits: ServeLimits, *, param: str) -> None:
+def check_texts(texts: Texts, limits: ServeLimits) -> None:
     """Refuse more texts than ``max_inputs``, or a text longer than ``max_input_chars``."""
-    if len(texts) > limits.max_inputs:
-        raise ApiError(413, f"{len(texts)} inputs exceed the limit of {limits.max_inputs} inputs per request "
+    if len(texts.values) > limits.max_inputs:
+        raise ApiError(413, f"{len(texts.values)} inputs exceed the limit of {limits.max_inputs} inputs per request "
                        f"(max_inputs, --max-inputs {limits.max_inputs}): split the request", code="too_many_inputs",
-                       param=param)  # fmt: skip
-    for index, text in enumerate(texts):
+                       param=texts.field)  # fmt: skip
+    for text, name in zip(texts.values, texts.names):
         if len(text) > limits.max_input_chars:
-            raise ApiError(413, f"{param}[{index}] has {len(text)} characters, over the limit of "
-                           f"{limits.max_input_chars} per input (max_input_chars, --max-input-chars "
-                           f"{limits.max_input_chars})", code="input_too_many_characters",
-                           param=f"{param}[{index}]")  # fmt: skip
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a parsed value's type, for messages."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
+            raise ApiError(413, f"{name} has {len(text)} characters, over the limit of {limits.max_input_chars} "
+                           f"per input (max_input_chars, --max-input-chars {limits.max_input_chars})",
+                           code="input_too_many_characters", param=name)  # fmt: skip
 
 
 def _body_too_large(size: str, limits: ServeLimits) -> ApiError:

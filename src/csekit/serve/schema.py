@@ -12,18 +12,30 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from csekit.serve.errors import ApiError
-from csekit.serve.limits import json_type
+from csekit.serve.errors import ApiError, json_type
 
 #: The most results one /search query may ask for: responses stay bounded whatever k a client sends.
 MAX_SEARCH_K = 1000
 
 
 @dataclass(frozen=True)
+class Texts:
+    """The texts of a request, each with the name of where it came from (``input[2]``), and the field that
+    holds them (``input``), so that any refusal of one text names it as the client wrote it."""
+
+    values: list[str]
+    names: list[str]
+    field: str
+
+    def __add__(self, other: Texts) -> Texts:
+        return Texts(self.values + other.values, self.names + other.names, other.field)
+
+
+@dataclass(frozen=True)
 class EmbeddingsRequest:
     """OpenAI's ``POST /v1/embeddings``; ``truncate`` is csekit's own field (``extra_body`` in the client)."""
 
-    texts: list[str]
+    texts: Texts
     model: str
     encoding_format: str  # "float" or "base64" (little-endian float32 bytes)
     dimensions: int | None  # a Matryoshka prefix: the first k dimensions
@@ -34,7 +46,7 @@ class EmbeddingsRequest:
 class EmbedRequest:
     """text-embeddings-inference's ``POST /embed``."""
 
-    texts: list[str]
+    texts: Texts
     normalize: bool
     truncate: bool
 
@@ -43,14 +55,14 @@ class EmbedRequest:
 class SimilarityRequest:
     """text-embeddings-inference's ``POST /similarity``: cosine of each sentence with the source."""
 
-    source: str
-    sentences: list[str]
+    source: Texts
+    sentences: Texts
     truncate: bool
 
 
 @dataclass(frozen=True)
 class SearchRequest:
-    queries: list[str]
+    queries: Texts
     k: int
     truncate: bool
 
@@ -90,7 +102,7 @@ def parse_similarity(body: Mapping[str, Any]) -> SimilarityRequest:
     _check_fields(parameters, required=(), optional=("truncate", "truncation_direction", "prompt_name"),
                   prefix="parameters.")  # fmt: skip
     _check_tei_options(parameters, "parameters.")
-    (source,) = texts_of(_string(inputs["source_sentence"], "inputs.source_sentence"), "inputs.source_sentence")
+    source = texts_of(_string(inputs["source_sentence"], "inputs.source_sentence"), "inputs.source_sentence")
     sentences = inputs["sentences"]
     if not isinstance(sentences, list):
         raise ApiError(400, f"inputs.sentences must be an array of strings, not {json_type(sentences)}",
@@ -108,10 +120,10 @@ def parse_search(body: Mapping[str, Any]) -> SearchRequest:
     return SearchRequest(texts_of(body["query"], "query"), k, _boolean(_optional(body, "truncate", False), "truncate"))
 
 
-def texts_of(value: Any, param: str) -> list[str]:
-    """A string or a non-empty array of strings -> the list of texts; token-id arrays are refused."""
+def texts_of(value: Any, param: str) -> Texts:
+    """A string or a non-empty array of strings -> its texts; token-id arrays are refused."""
     if isinstance(value, str):
-        texts = [value]
+        texts, names = [value], [param]
     elif isinstance(value, list):
         if not value:
             raise ApiError(400, f"{param} is an empty array: send at least one text", code="empty_input", param=param)
@@ -124,16 +136,15 @@ def texts_of(value: Any, param: str) -> list[str]:
             if not isinstance(item, str):
                 raise ApiError(400, f"{param}[{index}] must be a string, not {json_type(item)}", code="invalid_type",
                                param=f"{param}[{index}]")  # fmt: skip
-        texts = list(value)
+        texts, names = list(value), [f"{param}[{index}]" for index in range(len(value))]
     else:
         raise ApiError(400, f"{param} must be a string or an array of strings, not {json_type(value)}",
                        code="invalid_type", param=param)  # fmt: skip
-    for index, text in enumerate(texts):
+    for text, name in zip(texts, names):
         if not text:
-            where = param if isinstance(value, str) else f"{param}[{index}]"
-            raise ApiError(400, f"{where} is an empty string: every input needs some text", code="empty_input",
-                           param=where)  # fmt: skip
-    return texts
+            raise ApiError(400, f"{name} is an empty string: every input needs some text", code="empty_input",
+                           param=name)  # fmt: skip
+    return Texts(texts, names, param)
 
 
 def _check_fields(body: Mapping[str, Any], *, required: Collection[str], optional: Collection[str],

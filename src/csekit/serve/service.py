@@ -8,7 +8,6 @@ each call and must not be called from two threads at once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +18,7 @@ from csekit.models import SentenceEncoder
 from csekit.serve.batcher import BatcherClosed, BatchObserver, MicroBatcher
 from csekit.serve.errors import ApiError
 from csekit.serve.limits import ServeLimits, check_texts
+from csekit.serve.schema import Texts
 from csekit.serve.tokens import tokenize_inputs
 
 
@@ -44,9 +44,9 @@ class EmbeddingService:
         self.batcher.close()
         self._tokenizer_thread.shutdown()
 
-    async def embed(self, texts: Sequence[str], *, truncate: bool, param: str) -> Embedded:
-        check_texts(texts, self.limits, param=param)
-        tokenize = partial(tokenize_inputs, self.encoder, texts, truncate=truncate, param=param)
+    async def embed(self, texts: Texts, *, truncate: bool) -> Embedded:
+        check_texts(texts, self.limits)
+        tokenize = partial(tokenize_inputs, self.encoder, texts.values, truncate=truncate, names=texts.names)
         tokens = await asyncio.get_running_loop().run_in_executor(self._tokenizer_thread, tokenize)
         try:
             future = self.batcher.submit(tokens.rows)

@@ -31,14 +31,14 @@ class TokenRows:
         return sum(len(row["input_ids"]) for row in self.rows)
 
 
-def tokenize_inputs(encoder: SentenceEncoder, texts: Sequence[str], *, truncate: bool, param: str) -> TokenRows:
-    """The rows of ``texts`` at most ``encoder.max_length`` long; an over-long text is an error naming the
-    limit unless ``truncate``, when it is cut as :meth:`SentenceEncoder.encode` cuts it."""
+def tokenize_inputs(encoder: SentenceEncoder, texts: Sequence[str], *, truncate: bool, names: Sequence[str]) -> TokenRows:
+    """The rows of ``texts`` at most ``encoder.max_length`` long; an over-long text is an error naming it (by
+    ``names``) and the limit unless ``truncate``, when it is cut as :meth:`SentenceEncoder.encode` cuts it."""
     limit = encoder.max_length
     rows = encoder.inference_tokens(texts, max_length=limit + 1)
     over = [index for index, row in enumerate(rows) if len(row["input_ids"]) > limit]
     if over and not truncate:
-        where = f"{param}[{over[0]}]"
+        where = names[over[0]]
         others = f" (and {len(over) - 1} more inputs)" if len(over) > 1 else ""
         raise ApiError(413, f"{where}{others} has more than {limit} tokens, the model's maximum input length (max_input_tokens "
                        f"{limit}); send \"truncate\": true to cut it to {limit} tokens", code="input_too_many_tokens",
