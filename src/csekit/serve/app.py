@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
@@ -131,7 +132,7 @@ def create_app(
     return app
 
 
-def _floats(vector) -> list[float]:
+def _floats(vector: np.ndarray) -> list[float]:
     return vector.tolist()
 
 

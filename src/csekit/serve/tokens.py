@@ -39,9 +39,9 @@ def tokenize_inputs(encoder: SentenceEncoder, texts: Sequence[str], *, truncate:
     over = [index for index, row in enumerate(rows) if len(row["input_ids"]) > limit]
     if over and not truncate:
         where = names[over[0]]
-        others = f" (and {len(over) - 1} more inputs)" if len(over) > 1 else ""
-        raise ApiError(413, f"{where}{others} has more than {limit} tokens, the model's maximum input length (max_input_tokens "
-                       f"{limit}); send \"truncate\": true to cut it to {limit} tokens", code="input_too_many_tokens",
+        subject = f"{where} has" if len(over) == 1 else f"{where} and {len(over) - 1} more inputs have"
+        raise ApiError(413, f"{subject} more than {limit} tokens, the model's maximum input length (max_input_tokens "
+                       f"{limit}); truncate=true cuts over-long inputs to {limit} tokens", code="input_too_many_tokens",
                        param=where)  # fmt: skip
     if over:
         for index, row in zip(over, encoder.inference_tokens([texts[i] for i in over])):
