@@ -188,7 +188,7 @@ CASES: dict[str, tuple[Callable[[Scene], None] | None, list[str], str]] = {
                                        str(DATA_DIR)], "only a test set"),
     "missing data folder": (None, ["eval", "{model}", "--data-dir", "{root}/no-data"], "csekit data fetch"),
     "missing model": (None, ["eval", "{root}/no/model", "--data-dir", str(DATA_DIR)], "does not exist"),
-    "unknown command": (None, ["serve"], "invalid choice: 'serve'"),
+    "unknown command": (None, ["predict"], "invalid choice: 'predict'"),
     "not a run folder": (None, ["report", "{root}/tiny"], "not a training run folder"),
     "resume without a checkpoint": (_fresh_run, [*TRAIN, "--resume"], "no checkpoint to resume from"),
     "whitening without a fitting file": (None, ["postprocess", "{model}", "--method", "whitening", "--output",
