@@ -31,7 +31,10 @@ from conftest import SENTENCES, free_port, make_tiny_encoder
 from csekit import load_encoder
 from csekit.cli.main import main
 from csekit.errors import CsekitError
+from csekit.inference.encode import EncodeSettings
+from csekit.inference.store import read_embeddings
 from csekit.postprocess.whitening import whiten
+from csekit.search import build_index, load_index
 from csekit.serve.app import TRUNCATED_HEADER, create_app
 from csekit.serve.batcher import BatcherClosed, MicroBatcher
 from csekit.serve.limits import ServeLimits
@@ -123,6 +126,9 @@ class ExactIndex:
         scores = vectors @ self.vectors.T  # (Q, N)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (Q, k)
         return [[(self.ids[j], float(scores[q, j])) for j in row] for q, row in enumerate(order)]
+
+    def query_settings(self, encoder) -> EncodeSettings:
+        return EncodeSettings()  # queries as the model embeds them: all dimensions, its own normalization
 
     def check_model(self, encoder) -> None:
         if encoder.embedding_dim != self.vectors.shape[1]:
@@ -511,15 +517,36 @@ def test_cli_refuses_a_port_in_use(model_folders, capsys):
     assert f"cannot listen on 127.0.0.1:{port}" in _one_line_error(capsys)
 
 
-def test_cli_index_option_says_what_it_needs(model_folders, capsys, tmp_path):
-    try:
-        import csekit.search  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("csekit.search exists: --index loads real indexes")
-    assert main(["serve", str(model_folders["mean"]), "--index", str(tmp_path / "index")]) == 2
-    assert "--index needs csekit.search" in _one_line_error(capsys)
+@pytest.fixture(scope="module")
+def real_index(model_folders, tmp_path_factory) -> Path:
+    """A FAISS index of the mean model's 16-dimension prefixes, normalised (the model itself does not normalise)."""
+    pytest.importorskip("faiss")
+    folder = tmp_path_factory.mktemp("serve-index")
+    (folder / "corpus.txt").write_text("\n".join(SENTENCES) + "\n", encoding="utf-8")
+    assert main(["encode", str(model_folders["mean"]), str(folder / "corpus.txt"), "--output",
+                 str(folder / "corpus.npy"), "--dim", "16", "--normalize"]) == 0  # fmt: skip
+    build_index(read_embeddings(folder / "corpus.npy"), "flat").save(folder / "index")
+    return folder / "index"
+
+
+def test_search_over_a_real_index_embeds_queries_as_the_corpus_was(model_folders, real_index):
+    index, encoder = load_index(real_index), load_encoder(model_folders["mean"])
+    queries = [SENTENCES[4], "a quiet green field"]
+    with running(create_app(load_encoder(model_folders["mean"]), model_name="mean", index=index)) as url:
+        response = httpx.post(f"{url}/search", json={"query": queries, "k": 5}, timeout=60)
+    assert response.status_code == 200, response.text
+    expected = index.query(encoder, queries, 5)  # the index's own query path: prefix 16, then normalised
+    assert [[hit["id"] for hit in hits] for hits in response.json()] == [[id_ for id_, _ in hits] for hits in expected]
+    np.testing.assert_allclose([[hit["score"] for hit in hits] for hits in response.json()],
+                               [[score for _, score in hits] for hits in expected], atol=1e-5)  # fmt: skip
+    assert response.json()[0][0]["id"] == "5" and response.json()[0][0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_cli_refuses_an_index_of_another_model(model_folders, real_index, capsys):
+    assert main(["serve", str(model_folders["cls"]), "--index", str(real_index), "--port", free_port()]) == 2
+    assert "this index was made with another model" in _one_line_error(capsys)
+    assert main(["serve", str(model_folders["mean"]), "--index", str(model_folders["mean"])]) == 2
+    assert "is not a csekit index" in _one_line_error(capsys)
 
 
 def test_cli_serves_until_sigterm_and_finishes_the_request_in_flight(model_folders):

@@ -74,9 +74,12 @@ def run(args: argparse.Namespace) -> int:
         raise CsekitError(f"csekit serve needs the serve extra ({error.name} is not installed): "
                           "pip install 'csekit[serve]'") from None  # fmt: skip
     api_key = _api_key(args.api_key)
-    load_index = _index_loader() if args.index else None  # before the model loads, not after
+    index = None
+    if args.index:  # before the model loads: a bad index path fails at once
+        from csekit.search import load_index
+
+        index = load_index(args.index)
     encoder = load_encoder(args.model, pooler=args.pooler).to(resolve_device(args.device))
-    index = load_index(args.index) if load_index else None
     model_name = args.model_name or default_model_name(args.model)
     limits = ServeLimits(max_inputs=args.max_inputs, max_input_chars=args.max_input_chars,
                          max_body_bytes=args.max_body_bytes)  # fmt: skip
@@ -103,12 +106,3 @@ def _api_key(given: str | None) -> str | None:
         raise CsekitError("--api-key is empty: give a key, or leave the option out to serve without one")
     return given or os.environ.get(API_KEY_VARIABLE) or None
 
-
-def _index_loader():
-    try:
-        from csekit.search import load_index
-    except ImportError as error:
-        if error.name in ("csekit.search", None):
-            raise CsekitError("--index needs csekit.search (load_index), which this csekit does not have") from None
-        raise CsekitError(f"--index needs {error.name}, which is not installed") from None
-    return load_index

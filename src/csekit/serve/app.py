@@ -6,7 +6,7 @@
 - ``POST /similarity``: text-embeddings-inference's (``inputs: {source_sentence, sentences}``,
   ``parameters: {truncate}``) -> the cosine of each sentence with the source.
 - ``POST /search`` (only with an index): ``query`` (a string or strings), ``k`` -> per query, up to k
-  ``{id, score}``, best first.
+  ``{id, score}``, best first; queries are embedded as the indexed corpus was (its prefix and normalisation).
 - ``GET /v1/models``, ``GET /health`` (never behind the API key), ``GET /metrics`` (Prometheus text).
 
 Every embedding route answers with the header ``X-Truncated-Inputs``: how many of its texts were cut to the
@@ -58,6 +58,8 @@ def create_app(
     metrics.watch_waiting(lambda: service.batcher.waiting)
     if index is not None:
         index.check_model(encoder)
+        query_form = index.query_settings(encoder)  # queries are embedded as the indexed corpus was
+        query_normalize = encoder.normalize if query_form.normalize is None else query_form.normalize
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -111,7 +113,7 @@ def create_app(
         async def search(request: Request) -> JSONResponse:
             asked = parse_search(await read_json_body(request, limits))
             result = await embedded(request, asked.queries, truncate=asked.truncate)
-            queries = model_output(result.vectors, normalize=encoder.normalize)  # (Q, D), as encode() returns them
+            queries = model_output(result.vectors, normalize=query_normalize, dimensions=query_form.dim)  # (Q, D)
             found = await run_in_threadpool(index.search, queries, asked.k)
             hits = [[{"id": str(key), "score": float(score)} for key, score in per_query] for per_query in found]
             return _json(hits, result)
