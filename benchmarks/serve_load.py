@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import json
 import os
-import platform
 import signal
 import socket
 import statistics
@@ -33,8 +32,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from machine import SHARED, describe, machine, relative
 
-SHARED = Path(os.environ.get("CSEKIT_SHARED", os.path.relpath(Path(__file__).resolve().parents[2] / "shared")))  # printed: relative
 DEFAULT_MODEL = SHARED / "models" / "all-MiniLM-L6-v2"
 DEFAULT_SENTENCES = SHARED / "data" / "train" / "unsup" / "wiki1m_for_simcse.first11914lines.txt"
 MODEL_NAME = "bench-model"
@@ -53,6 +52,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
+    info = machine()  # before the runs: the load it records is the machine's, not this script's
     sentences = read_sentences(args.sentences, args.requests * args.batch)
     requests = [sentences[i * args.batch : (i + 1) * args.batch] for i in range(args.requests)]
     reference = reference_encoder(args.model)
@@ -74,13 +74,11 @@ def main() -> None:
                                                                           "INFINITY_ANONYMOUS_USAGE_STATS": "0"})  # fmt: skip
     targets.update(in_process_targets(reference, requests, args.repeats))
 
-    machine = describe_machine()
-    table = format_table(targets, args)
-    print(f"\nmachine: {machine}; model {args.model}; {args.requests} requests of {args.batch} sentences, "
-          f"{args.concurrency} in flight; median of {args.repeats}\n")
-    print(table)
+    print(f"\nmachine: {describe(info)}; model {relative(args.model)}; {args.requests} requests of {args.batch} "
+          f"sentences, {args.concurrency} in flight; median of {args.repeats}\n")
+    print(format_table(targets))
     if args.json:
-        record = {"machine": machine, "model": shown_path(args.model), "sentences": shown_path(args.sentences),
+        record = {"machine": info, "model": relative(args.model), "sentences": relative(args.sentences),
                   "requests": args.requests, "batch": args.batch, "concurrency": args.concurrency,
                   "repeats": args.repeats, "targets": targets}  # fmt: skip
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
@@ -200,7 +198,7 @@ def summarise(runs: list[dict], *, version: str, max_abs_diff: float) -> dict:
     return {"version": version, "max_abs_diff_vs_encode": max_abs_diff, **median, "runs": runs}
 
 
-def format_table(targets: dict[str, dict], args: argparse.Namespace) -> str:
+def format_table(targets: dict[str, dict]) -> str:
     ours = targets["csekit serve"]["sentences_per_s"]
     lines = ["| target | requests/s | sentences/s | p50 ms | p99 ms | csekit serve ÷ this (sentences/s) | max abs diff vs encode |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
@@ -237,23 +235,6 @@ def package_version(python: str, package: str) -> str:
     code = f"import importlib.metadata as m; print(m.version({package.replace('_', '-')!r}))"
     finished = subprocess.run([python, "-c", code], capture_output=True, text=True)
     return finished.stdout.strip() or "unknown"
-
-
-def describe_machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {platform.system()}, Python {platform.python_version()}"
-
-
-def shown_path(path: str) -> str:
-    """A path as the results show it: relative to the working directory, never this machine's."""
-    return os.path.relpath(path) if os.path.exists(path) else path
 
 
 if __name__ == "__main__":
