@@ -575,7 +575,7 @@ def test_cli_serves_until_sigterm_and_finishes_the_request_in_flight(model_folde
         in_flight.sendall(f"POST /embed HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY}\r\n"
                           f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n".encode()
                           + body[: len(body) // 2])  # fmt: skip
-        time.sleep(0.5)
+        time.sleep(1.0)  # the idle server has read the headers long before: the request is in flight
         process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 10
         while True:  # the server stops accepting connections at once
