@@ -90,11 +90,15 @@ class SearchIndex:
         """Refuse an encoder other than the one the indexed vectors came from."""
         check_same_model(self.meta["embeddings"]["model"], model_identity(encoder, name), what="this index")
 
-    def embed_queries(self, encoder: SentenceEncoder, texts: list[str]) -> np.ndarray:
-        """(Q, D) float32 query vectors, computed as the corpus's were (prefix, normalisation)."""
+    def query_settings(self, encoder: SentenceEncoder) -> EncodeSettings:
+        """How a query is embedded to compare with the indexed vectors: the corpus's prefix and normalisation."""
         stored = self.meta["embeddings"]
         prefix = stored["dim"] if stored["dim"] < encoder.embedding_dim else None
-        return embed_texts(encoder, texts, EncodeSettings(dim=prefix, normalize=stored["normalized"]))
+        return EncodeSettings(dim=prefix, normalize=stored["normalized"])
+
+    def embed_queries(self, encoder: SentenceEncoder, texts: list[str]) -> np.ndarray:
+        """(Q, D) float32 query vectors, computed as the corpus's were (prefix, normalisation)."""
+        return embed_texts(encoder, texts, self.query_settings(encoder))
 
     def search(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """The ``k`` nearest ids of each (Q, D) query vector, best first, with their scores (inner product;
