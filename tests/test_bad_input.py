@@ -188,7 +188,7 @@ CASES: dict[str, tuple[Callable[[Scene], None] | None, list[str], str]] = {
                                        "{root}"], "only a test set"),
     "missing data folder": (None, ["eval", "{model}", "--data-dir", "{root}/no-data"], "csekit data fetch"),
     "missing model": (None, ["eval", "{root}/no/model", "--data-dir", "{data}"], "does not exist"),
-    "unknown command": (None, ["serve"], "invalid choice: 'serve'"),
+    "unknown command": (None, ["predict"], "invalid choice: 'predict'"),
     "not a run folder": (None, ["report", "{root}/tiny"], "not a training run folder"),
     "resume without a checkpoint": (_fresh_run, [*TRAIN, "--resume"], "no checkpoint to resume from"),
     "whitening without a fitting file": (None, ["postprocess", "{model}", "--method", "whitening", "--output",
@@ -258,6 +258,15 @@ CASES: dict[str, tuple[Callable[[Scene], None] | None, list[str], str]] = {
                                                          "--kind", "ivfpq"], "needs at least 39936 vectors"),
     "search a folder that is no index": (None, ["search", "{root}/tiny", "a query"], "is not a csekit index"),
     "search -k 0": (None, ["search", "{root}/tiny", "a query", "-k", "0"], "-k: must be at least 1, not 0"),
+    # --- csekit serve: refused before it listens
+    "serve a missing model": (None, ["serve", "{root}/no/model"], "does not exist"),
+    "serve with a token budget below the model length": (None, ["serve", "{model}", "--max-batch-tokens", "63"],
+                                                         "token budget 63 is smaller than the model's longest input"),
+    "serve on port 70000": (None, ["serve", "{model}", "--port", "70000"], "a port is at most 65535, not 70000"),
+    "serve with an empty API key": (None, ["serve", "{model}", "--api-key", " "], "--api-key is empty"),
+    "serve with a negative grace period": (None, ["serve", "{model}", "--graceful-timeout", "-1"],
+                                           "--graceful-timeout: must be at least 0"),
+    "serve with no inputs allowed": (None, ["serve", "{model}", "--max-inputs", "0"], "--max-inputs: must be at least 1"),
 }
 # fmt: on
 

@@ -114,3 +114,32 @@ def test_shape_errors(embeddings):
         info_nce(anchors, candidates[:3])
     with pytest.raises(ValueError, match="weights must be"):
         info_nce(anchors, candidates, weights=torch.ones(5, 5))
+
+
+def naive_similarity_kl(student, teacher, temperature) -> float:
+    """The KL of each row's distribution over the other rows, summed by hand in float64."""
+    def cos(a, b):
+        return float(a @ b / (a.norm() * b.norm()))
+
+    size, total = len(student), 0.0
+    for i in range(size):
+        others = [j for j in range(size) if j != i]
+        s = torch.tensor([cos(student[i], student[j]) / temperature for j in others], dtype=torch.float64)
+        t = torch.tensor([cos(teacher[i], teacher[j]) / temperature for j in others], dtype=torch.float64)
+        p_t, p_s = torch.softmax(t, 0), torch.softmax(s, 0)
+        total += float((p_t * (p_t.log() - p_s.log())).sum())
+    return total / size
+
+
+def test_similarity_kl_matches_naive_and_leaves_the_teacher_alone():
+    from csekit.losses import similarity_kl
+
+    torch.manual_seed(0)
+    student = torch.randn(6, 8, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(6, 12, dtype=torch.float64, requires_grad=True)  # another width
+    loss = similarity_kl(student, teacher, temperature=0.1)
+    assert loss.item() == pytest.approx(naive_similarity_kl(student.detach(), teacher.detach(), 0.1), rel=1e-10)
+    loss.backward()
+    assert teacher.grad is None and student.grad.abs().sum() > 0
+    # A student whose similarities are the teacher's has nothing to learn.
+    assert similarity_kl(teacher.detach(), teacher.detach() * 3).item() == pytest.approx(0.0, abs=1e-6)

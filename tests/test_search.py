@@ -101,3 +101,15 @@ def test_another_model_is_refused_and_the_cli_searches_with_the_recorded_one(cor
     make_tiny_encoder("mean", seed=1).save(other)
     assert main(["search", str(tmp_path / "index"), "a query", "--model", str(other)]) == 2
     assert "was made with another model" in capsys.readouterr().err
+
+
+def test_only_search_time_settings_change_after_building(corpus):
+    embeddings = read_embeddings(corpus[1])
+    index = build_index(embeddings, "hnsw", m=8, ef_search=4)
+    assert index.tune(ef_search=64).index.hnsw.efSearch == 64 and index.meta["settings"]["ef_search"] == 64
+    with pytest.raises(CsekitError, match="m is fixed when the index is built"):
+        index.tune(m=16)
+    with pytest.raises(CsekitError, match="a flat index has no setting"):
+        build_index(embeddings, "flat").tune(nprobe=4)
+    ivfpq = build_index(embeddings, "ivfpq", nlist=8, nbits=4)
+    assert ivfpq.meta["settings"]["pq_m"] == 4 and ivfpq.index.pq.M == 4  # a byte for every 8 of 32 dimensions

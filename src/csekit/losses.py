@@ -135,3 +135,23 @@ def _log_weights(weights: Tensor) -> Tensor:
     # torch.where backpropagates 0 * d(log w) into the unchosen branch, which is NaN at w = 0, so the
     # log is taken of a safe value there.
     return torch.where(masked, -math.inf, torch.where(masked, 1.0, weights).log())
+
+
+def similarity_kl(student: Tensor, teacher: Tensor, *, temperature: float = 0.05) -> Tensor:
+    """KL divergence from the teacher's in-batch similarity distribution to the student's, mean over rows.
+
+    Each sentence i spreads ``P(i, j) = softmax_j(cos(e_i, e_j) / t)`` over the *other* sentences of the
+    batch (the diagonal is masked: a sentence's similarity to itself says nothing); the loss is
+    ``mean_i sum_{j != i} P_teacher(i, j) log(P_teacher(i, j) / P_student(i, j))``. Only similarities are
+    compared, so the two widths may differ. The teacher's side carries no gradient, whatever was passed.
+
+    student: (B, Hs). teacher: (B, Ht). temperature: 0.05 by default.
+    """
+    size = student.shape[0]
+    self_pairs = torch.eye(size, dtype=torch.bool, device=student.device)  # (B, B)
+    student_logits = (cosine_similarity_matrix(student, student) / temperature).masked_fill(self_pairs, -math.inf)
+    teacher_logits = (cosine_similarity_matrix(teacher, teacher).detach() / temperature).masked_fill(self_pairs, -math.inf)
+    teacher_log_p = F.log_softmax(teacher_logits, dim=-1)  # (B, B), -inf on the diagonal (autocast: fp32)
+    student_log_p = F.log_softmax(student_logits, dim=-1)
+    terms = teacher_log_p.exp() * (teacher_log_p - student_log_p)  # (B, B)
+    return terms.masked_fill(self_pairs, 0.0).sum(dim=-1).mean()

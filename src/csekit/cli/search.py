@@ -17,6 +17,8 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("queries", nargs="+", metavar="QUERY")
     parser.add_argument("-k", type=positive_int, default=10, help="results a query (default %(default)s)")
     parser.add_argument("--model", help="the model the corpus was encoded with (default: as the index records it)")
+    parser.add_argument("--ef-search", type=positive_int, help="hnsw: candidates while searching (default: as built)")
+    parser.add_argument("--nprobe", type=positive_int, help="ivfpq: cells searched (default: as built)")
     parser.add_argument("--json", action="store_true", help="print JSON lines instead of tables")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.set_defaults(run=run)
@@ -26,6 +28,9 @@ def run(args: argparse.Namespace) -> int:
     from csekit.search import load_index
 
     index = load_index(args.index)
+    tuned = {name: getattr(args, name) for name in ("ef_search", "nprobe") if getattr(args, name)}
+    if tuned:
+        index.tune(**tuned)
     recorded = index.meta["embeddings"]["model"]
     model = args.model or recorded["model"]
     encoder = load_encoder(model)

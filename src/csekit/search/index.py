@@ -38,12 +38,14 @@ from csekit.inference.store import Embeddings
 from csekit.models import SentenceEncoder
 
 SCHEMA = "csekit-index/1"
-#: kind -> its settings and their defaults
-KINDS: dict[str, dict[str, int]] = {
+#: kind -> its settings and their defaults (``pq_m`` None: a byte for every 8 dimensions)
+KINDS: dict[str, dict[str, int | None]] = {
     "flat": {},
     "hnsw": {"m": 32, "ef_construction": 200, "ef_search": 128},
-    "ivfpq": {"nlist": 1024, "nprobe": 16, "pq_m": 16, "nbits": 8},
+    "ivfpq": {"nlist": 1024, "nprobe": 16, "pq_m": None, "nbits": 8},
 }
+#: the settings a built index can change (:meth:`SearchIndex.tune`); the others are fixed by building
+SEARCH_SETTINGS = ("ef_search", "nprobe")
 FILES = ("index.faiss", "ids.txt", "index.json")
 
 
@@ -55,8 +57,9 @@ def _faiss():
     return faiss
 
 
-def check_settings(kind: str, settings: dict[str, Any]) -> dict[str, int]:
-    """``settings`` completed with the kind's defaults; an unknown kind or setting, or a value < 1, refused."""
+def check_settings(kind: str, settings: dict[str, Any], *, dim: int | None = None) -> dict[str, int]:
+    """``settings`` completed with the kind's defaults (for a ``dim``-dimensional index); an unknown kind or
+    setting, or a value < 1, refused."""
     if kind not in KINDS:
         raise CsekitError(f"unknown index kind {kind!r}; choose from {', '.join(KINDS)}")
     unknown = sorted(set(settings) - set(KINDS[kind]))
@@ -64,8 +67,10 @@ def check_settings(kind: str, settings: dict[str, Any]) -> dict[str, int]:
         allowed = ", ".join(KINDS[kind]) or "none"
         raise CsekitError(f"a {kind} index has no setting(s) {', '.join(unknown)} (its settings: {allowed})")
     complete = {**KINDS[kind], **settings}
+    if kind == "ivfpq" and complete["pq_m"] is None and dim is not None:
+        complete["pq_m"] = max(dim // 8, 1)
     for name, value in complete.items():
-        if not isinstance(value, int) or value < 1:
+        if value is not None and (not isinstance(value, int) or value < 1):
             raise CsekitError(f"{name} must be a whole number >= 1, not {value!r}")
     return complete
 
@@ -85,11 +90,15 @@ class SearchIndex:
         """Refuse an encoder other than the one the indexed vectors came from."""
         check_same_model(self.meta["embeddings"]["model"], model_identity(encoder, name), what="this index")
 
-    def embed_queries(self, encoder: SentenceEncoder, texts: list[str]) -> np.ndarray:
-        """(Q, D) float32 query vectors, computed as the corpus's were (prefix, normalisation)."""
+    def query_settings(self, encoder: SentenceEncoder) -> EncodeSettings:
+        """How a query is embedded to compare with the indexed vectors: the corpus's prefix and normalisation."""
         stored = self.meta["embeddings"]
         prefix = stored["dim"] if stored["dim"] < encoder.embedding_dim else None
-        return embed_texts(encoder, texts, EncodeSettings(dim=prefix, normalize=stored["normalized"]))
+        return EncodeSettings(dim=prefix, normalize=stored["normalized"])
+
+    def embed_queries(self, encoder: SentenceEncoder, texts: list[str]) -> np.ndarray:
+        """(Q, D) float32 query vectors, computed as the corpus's were (prefix, normalisation)."""
+        return embed_texts(encoder, texts, self.query_settings(encoder))
 
     def search(self, vectors: np.ndarray, k: int) -> list[list[tuple[str, float]]]:
         """The ``k`` nearest ids of each (Q, D) query vector, best first, with their scores (inner product;
@@ -111,6 +120,16 @@ class SearchIndex:
     def query(self, encoder: SentenceEncoder, texts: list[str], k: int) -> list[list[tuple[str, float]]]:
         return self.search(self.embed_queries(encoder, texts), k)
 
+    def tune(self, **settings: int) -> SearchIndex:
+        """Change the search-time settings (``ef_search`` of HNSW, ``nprobe`` of IVF-PQ) of this index."""
+        fixed = sorted(name for name in settings if name not in SEARCH_SETTINGS)
+        if fixed:
+            raise CsekitError(f"{', '.join(fixed)} is fixed when the index is built; at search time only "
+                              f"{', '.join(SEARCH_SETTINGS)} change")  # fmt: skip
+        self.meta["settings"] = check_settings(self.meta["kind"], {**self.meta["settings"], **settings})
+        _set_search_settings(self.index, self.meta["kind"], self.meta["settings"])
+        return self
+
     # ------------------------------------------------------------------ files
     def save(self, folder: str | os.PathLike) -> None:
         """Write ``folder`` whole or not at all (a staging folder beside it, then renames)."""
@@ -131,8 +150,8 @@ class SearchIndex:
 def build_index(embeddings: Embeddings, kind: str = "flat", **settings: int) -> SearchIndex:
     """An index of ``kind`` over an embedding file's vectors (int8 through its calibration; binary as bits)."""
     faiss = _faiss()
-    settings = check_settings(kind, settings)
     stored, dim = embeddings.meta, embeddings.meta["dim"]
+    settings = check_settings(kind, settings, dim=dim)
     if stored["precision"] == "binary":
         if kind == "ivfpq":
             raise CsekitError("an ivfpq index quantises float vectors; binary vectors take flat or hnsw")
