@@ -247,6 +247,8 @@ CASES: dict[str, tuple[Callable[[Scene], None] | None, list[str], str]] = {
                                                                "--max-tokens", "16"], "give at least 64"),
     "encode in an unknown precision": (None, [*ENCODE, "--output", "{root}/out.npy", "--precision", "int4"],
                                        "invalid choice: 'int4'"),
+    "encode on an unknown backend": (None, [*ENCODE, "--output", "{root}/out.npy", "--backend", "tensorrt"],
+                                     "invalid choice: 'tensorrt'"),
     # --- index and search
     "index of a file csekit did not write": (None, ["index", "{root}/train.txt", "--output", "{root}/index"],
                                              "it was not written by csekit encode"),

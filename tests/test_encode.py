@@ -154,3 +154,14 @@ def test_a_partial_encode_of_other_settings_is_refused_and_overwrite_starts_over
     assert "was made with another model" in capsys.readouterr().err
     assert _encode(model, source, tmp_path / "out.npy", "--overwrite") == 0
     assert read_embeddings(tmp_path / "out.npy").meta["count"] == 300
+
+
+def test_the_onnx_backend_writes_the_torch_backend_s_vectors_within_1e_5(model, expected, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    monkeypatch.setenv("CSEKIT_CACHE", str(tmp_path / "cache"))  # the export's cache, not the user's
+    source = tmp_path / "corpus.txt"
+    source.write_text("\n".join(_texts(300)) + "\n")
+    assert _encode(model, source, tmp_path / "out.npy", "--backend", "onnx") == 0
+    np.testing.assert_allclose(read_embeddings(tmp_path / "out.npy").floats(), expected, rtol=0, atol=1e-5)
+    assert len(list((tmp_path / "cache" / "onnx").iterdir())) == 1  # exported once, kept for the next run

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -40,7 +40,15 @@ from csekit.inference.quantize import Range, check_precision, quantize
 from csekit.inference.store import EmbeddingWriter, check_output
 from csekit.models import SentenceEncoder
 
+if TYPE_CHECKING:
+    from csekit.inference.onnx_backend import OnnxEncoder
+
+    Engine = SentenceEncoder | OnnxEncoder
+
 PLAN = "plan.json"
+#: What computes the vectors: PyTorch (SentenceEncoder.embed_tokens), or its ONNX Runtime export, measured
+#: faster on CPU within 1e-5 (benchmarks/results/onnx-backend.md).
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -51,9 +59,12 @@ class EncodeSettings:
     max_tokens: int = 16384  # per batch, padding included
     max_rows: int = 256  # per batch
     shard_rows: int = 10_000
+    backend: str = "torch"  # or "onnx": the same vectors within 1e-5, from ONNX Runtime (csekit[onnx])
 
     def check(self, encoder: SentenceEncoder) -> None:
         check_precision(self.precision)
+        if self.backend not in BACKENDS:
+            raise CsekitError(f"unknown backend {self.backend!r}; choose from {', '.join(BACKENDS)}")
         if self.dim is not None and not 1 <= self.dim <= encoder.embedding_dim:
             raise CsekitError(f"--dim {self.dim} is outside 1..{encoder.embedding_dim}, this model's dimension")
         if self.precision == "binary" and (self.dim or encoder.embedding_dim) % 8:
@@ -78,8 +89,8 @@ def encode_corpus(encoder: SentenceEncoder, corpus: Corpus, output: Path, settin
     check_output(output, overwrite=overwrite)
     _claim_partial(partial, plan, overwrite=overwrite, create=rank == 0)
     _barrier()
-    total = _encode_shards(encoder, corpus, partial, settings, rank=rank, world_size=world_size,
-                           progress=progress and rank == 0)  # fmt: skip
+    total = _encode_shards(encoder, _engine(encoder, settings), corpus, partial, settings, rank=rank,
+                           world_size=world_size, progress=progress and rank == 0)  # fmt: skip
     _barrier()
     if rank != 0:
         return {}
@@ -91,9 +102,20 @@ def encode_corpus(encoder: SentenceEncoder, corpus: Corpus, output: Path, settin
 
 
 # ------------------------------------------------------------------------------------------ the shards
-def _encode_shards(encoder: SentenceEncoder, corpus: Corpus, partial: Path, settings: EncodeSettings, *,
-                   rank: int, world_size: int, progress: bool) -> int:  # fmt: skip
-    """Encode this rank's shards that are not committed yet; returns the corpus's row count."""
+def _engine(encoder: SentenceEncoder, settings: EncodeSettings) -> Engine:
+    if settings.backend == "onnx":
+        if encoder.device.type != "cpu":
+            raise CsekitError(f"--backend onnx runs on the CPU; the model is on {encoder.device}: add --device cpu")
+        from csekit.inference.onnx_backend import onnx_encoder  # onnxruntime only when asked for
+
+        return onnx_encoder(encoder)  # exported once per model into the user cache, checked against PyTorch
+    return encoder
+
+
+def _encode_shards(encoder: SentenceEncoder, engine: Engine, corpus: Corpus, partial: Path,
+                   settings: EncodeSettings, *, rank: int, world_size: int, progress: bool) -> int:  # fmt: skip
+    """Encode this rank's shards that are not committed yet (tokenised by ``encoder``, embedded by
+    ``engine``); returns the corpus's row count."""
     count = -(-_count_rows(corpus) // world_size)  # about this rank's share, for the ETA
     todo: queue.Queue = queue.Queue(maxsize=2)  # tokenised shards waiting for the model
     total = [0]
@@ -116,7 +138,7 @@ def _encode_shards(encoder: SentenceEncoder, corpus: Corpus, partial: Path, sett
                 raise item
             number, ids, rows = item
             if rows is not None:
-                _write_shard(partial, number, ids, _embed(encoder, rows, settings))
+                _write_shard(partial, number, ids, _embed(engine, rows, settings, normalize=_normalized(encoder, settings)))
             if number % world_size == rank:
                 bar.update(len(ids))
     reader.join()
@@ -140,18 +162,18 @@ def _shards(corpus: Corpus, size: int, total: list[int]) -> Iterator[tuple[int, 
 def embed_texts(encoder: SentenceEncoder, texts: list[str], settings: EncodeSettings) -> np.ndarray:
     """(N, D) float32 vectors of ``texts`` as ``csekit encode`` computes them under ``settings`` (its
     dimension prefix and normalisation): what a query against an encoded corpus must be."""
-    return _embed(encoder, encoder.inference_tokens(texts), settings)
+    return _embed(encoder, encoder.inference_tokens(texts), settings, normalize=_normalized(encoder, settings))
 
 
-def _embed(encoder: SentenceEncoder, rows: list[dict], settings: EncodeSettings) -> np.ndarray:
+def _embed(engine: Engine, rows: list[dict], settings: EncodeSettings, *, normalize: bool) -> np.ndarray:
     """(n, D) float32 vectors of tokenised rows, in their order."""
-    vectors = np.empty((len(rows), settings.dim or encoder.embedding_dim), dtype=np.float32)
+    vectors = np.empty((len(rows), settings.dim or engine.embedding_dim), dtype=np.float32)
     lengths = [len(row["input_ids"]) for row in rows]
     for batch in token_budget_batches(lengths, max_tokens=settings.max_tokens, max_rows=settings.max_rows):
-        embeddings = encoder.embed_tokens([rows[i] for i in batch], normalize=False)  # (B, H)
+        embeddings = engine.embed_tokens([rows[i] for i in batch], normalize=False)  # (B, H)
         if settings.dim:
             embeddings = embeddings[:, : settings.dim]  # (B, dim): the Matryoshka prefix
-        if _normalized(encoder, settings):
+        if normalize:
             embeddings = embeddings / np.maximum(np.linalg.norm(embeddings, axis=1, keepdims=True), 1e-12)
         vectors[batch] = embeddings
     return vectors
