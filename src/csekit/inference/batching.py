@@ -20,19 +20,29 @@ def check_budget(max_tokens: int, longest_input: int) -> None:
                           f"({longest_input} tokens): give at least {longest_input}")  # fmt: skip
 
 
-def token_budget_batches(lengths: Sequence[int], *, max_tokens: int, max_rows: int | None = None) -> list[list[int]]:
+def token_budget_batches(lengths: Sequence[int], *, max_tokens: int, max_rows: int | None = None,
+                         max_padding: float | None = None) -> list[list[int]]:  # fmt: skip
     """Indices of ``lengths`` grouped longest first, each group's ``len(group) * longest <= max_tokens``
-    (and at most ``max_rows`` rows). Ties keep their input order, so the grouping is deterministic."""
+    (and at most ``max_rows`` rows). Ties keep their input order, so the grouping is deterministic.
+
+    ``max_padding``: the largest share of a group's padded tokens that may be padding. Without it a large
+    budget pads a few short rows to a long one's length, which costs nothing when the rows come from a
+    long sorted run of similar lengths (``encode``'s shards) and most of the work when they come from a
+    handful of requests of any lengths (``serve``)."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     if order and lengths[order[0]] > max_tokens:
         check_budget(max_tokens, lengths[order[0]])
     batches: list[list[int]] = []
+    real = 0  # the last batch's tokens without padding
     for index in order:
         # Longest first: the batch's longest row is its first, so adding a row costs one more of those.
-        if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= max_tokens and (
-            max_rows is None or len(batches[-1]) < max_rows
-        ):
-            batches[-1].append(index)
-        else:
-            batches.append([index])
+        if batches:
+            rows, longest = len(batches[-1]) + 1, lengths[batches[-1][0]]
+            fits = rows * longest <= max_tokens and (max_rows is None or rows <= max_rows)
+            if fits and (max_padding is None or real + lengths[index] >= (1 - max_padding) * rows * longest):
+                batches[-1].append(index)
+                real += lengths[index]
+                continue
+        batches.append([index])
+        real = lengths[index]
     return batches

@@ -30,6 +30,10 @@ from csekit.models import SentenceEncoder
 #: Padded tokens per model batch unless told otherwise: 128 rows of 128 tokens.
 DEFAULT_MAX_BATCH_TOKENS = 16384
 
+#: The share of a model batch's padded tokens that may be padding: the texts of a few requests have any
+#: lengths, and padding them all to the longest cost half the time (benchmarks/results/serve-load.md).
+MAX_PADDING = 0.2
+
 #: Called after each model batch with its rows and its padded tokens (rows x longest row).
 BatchObserver = Callable[[int, int], None]
 
@@ -128,7 +132,7 @@ class MicroBatcher:
         output = np.empty((len(rows), self.encoder.embedding_dim), dtype=np.float32)
         try:
             lengths = [len(row["input_ids"]) for row in rows]
-            for batch in token_budget_batches(lengths, max_tokens=self.max_batch_tokens):
+            for batch in token_budget_batches(lengths, max_tokens=self.max_batch_tokens, max_padding=MAX_PADDING):
                 output[batch] = self.encoder.embed_tokens([rows[i] for i in batch], normalize=False)  # (B, D)
                 if self.on_batch is not None:
                     self.on_batch(len(batch), len(batch) * lengths[batch[0]])  # longest first: batch[0] is longest
