@@ -16,7 +16,6 @@ the model takes batches cut by a token budget, longest first (:mod:`csekit.infer
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import queue
@@ -31,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from csekit.atomic import write_text
+from csekit.data.senteval import sha256_of
 from csekit.distributed import get_rank, get_world_size, is_distributed
 from csekit.errors import CsekitError
 from csekit.inference.batching import check_budget, token_budget_batches
@@ -196,14 +196,14 @@ def _write_shard(partial: Path, number: int, ids: list[str], vectors: np.ndarray
     os.replace(temporary, vectors_path)
     write_text(ids_file, "".join(id_ + "\n" for id_ in ids))
     # The record commits the shard: written last, and it names the checksums of the two files.
-    write_text(record, json.dumps({"rows": len(ids), "vectors": _sha256(vectors_path), "ids": _sha256(ids_file)}))
+    write_text(record, json.dumps({"rows": len(ids), "vectors": sha256_of(vectors_path), "ids": sha256_of(ids_file)}))
 
 
 def _committed(partial: Path, number: int) -> bool:
     vectors_path, ids_file, record = _shard_paths(partial, number)
     try:
         saved = json.loads(record.read_text(encoding="utf-8"))
-        return saved["vectors"] == _sha256(vectors_path) and saved["ids"] == _sha256(ids_file)
+        return saved["vectors"] == sha256_of(vectors_path) and saved["ids"] == sha256_of(ids_file)
     except (OSError, ValueError, KeyError):
         return False
 
@@ -282,12 +282,6 @@ def _count_rows(corpus: Corpus) -> int:
     return max(lines - (corpus.suffix in (".csv", ".tsv")), 0)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _barrier() -> None:
