@@ -88,9 +88,12 @@ def encode_corpus(encoder: SentenceEncoder, corpus: Corpus, output: Path, settin
     # Every rank checks (so that all refuse together, none waits at the barrier); rank 0 writes.
     check_output(output, overwrite=overwrite)
     _claim_partial(partial, plan, overwrite=overwrite, create=rank == 0)
+    engine = _engine(encoder, settings) if rank == 0 else None  # an ONNX export is written once, by rank 0
     _barrier()
-    total = _encode_shards(encoder, _engine(encoder, settings), corpus, partial, settings, rank=rank,
-                           world_size=world_size, progress=progress and rank == 0)  # fmt: skip
+    if engine is None:  # the other ranks load it from the cache
+        engine = _engine(encoder, settings)
+    total = _encode_shards(encoder, engine, corpus, partial, settings, rank=rank, world_size=world_size,
+                           progress=progress and rank == 0)  # fmt: skip
     _barrier()
     if rank != 0:
         return {}
