@@ -15,7 +15,8 @@ Distributed training: each global batch has ``batch_size * world_size`` examples
 takes rows ``[r * batch_size, (r + 1) * batch_size)`` of it, so the ranks together see exactly the
 batch a single process with ``batch_size * world_size`` would see, in the same order.
 
-Besides the tokenized columns, a batch can carry the raw text of some columns (``text_columns``:
+Besides the tokenized columns, a batch can carry targets (``targets``: ``batch["targets"][column]``,
+a (B,) float32 ``score`` or int64 ``label`` index, see :mod:`csekit.data.labelled`), the raw text of some columns (``text_columns``:
 ``batch["text"][column]``, a list of B strings, for frozen helpers with a tokenizer of their own) and
 precomputed embeddings (``embedding_files``: ``{name: .npy file}`` with one float row per example, in the
 order the examples are read; ``batch["embeddings"][name]``, (B, D) float32), so a teacher's embeddings
@@ -36,13 +37,16 @@ import torch
 from torch import Tensor
 
 from csekit.data.collate import pad_batch
-from csekit.data.readers import ReadStats, read_many
+from csekit.data.labelled import LABEL, SCORE, refuse_held_out, target_value
+from csekit.data.readers import ReadStats, read_many, source_files
 from csekit.errors import CsekitError
 
 #: {column: {"input_ids": (B, T), "attention_mask": (B, T), ...}}, as objectives take it, plus the
-#: optional ``TEXT`` ({column: B strings}) and ``EMBEDDINGS`` ({name: (B, D)}) entries.
+#: optional ``TARGETS`` ({column: (B,)}), ``TEXT`` ({column: B strings}) and ``EMBEDDINGS`` ({name: (B, D)}) entries.
 Batch = dict[str, dict[str, Any]]
-TEXT, EMBEDDINGS = "text", "embeddings"
+TARGETS, TEXT, EMBEDDINGS = "targets", "text", "embeddings"
+#: How a batch holds each target column.
+TARGET_DTYPES = {SCORE: torch.float32, LABEL: torch.long}
 #: texts -> {field: one unpadded id list per text}, e.g. ``SentenceEncoder.tokenize``.
 Tokenize = Callable[[Sequence[str]], dict[str, list[list[int]]]]
 
@@ -54,8 +58,10 @@ class TrainingData:
     """Training examples from one or more files, served as padded batches.
 
     ``columns`` are the text fields the objective reads (``("sent0",)`` for unsupervised methods,
-    ``("sent0", "sent1", "hard_neg")`` for supervised SimCSE); ``tokenize`` turns texts into
-    unpadded ids (bind ``max_length`` into it) and ``pad_token_id`` pads ``input_ids``.
+    ``("sent0", "sent1", "hard_neg")`` for supervised SimCSE); ``targets`` the target columns it reads
+    (``("score",)``, ``("label",)``); ``tokenize`` turns texts into unpadded ids (bind ``max_length``
+    into it) and ``pad_token_id`` pads ``input_ids``. A path may name a SentEval layout
+    (``stsb:PATH``, see :mod:`csekit.data.readers`); a test set is refused before anything is read.
     """
 
     def __init__(
@@ -71,9 +77,16 @@ class TrainingData:
         buffer_size: int = 10_000,
         text_columns: Sequence[str] = (),
         embedding_files: Mapping[str, str | os.PathLike] | None = None,
+        targets: Sequence[str] = (),
     ):
         self.paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+        for path in (file for spec in self.paths for file in source_files(spec)):
+            refuse_held_out(path)
         self.columns = tuple(columns)
+        unknown = sorted(set(targets) - set(TARGET_DTYPES))
+        if unknown:
+            raise ValueError(f"targets {unknown} are not target columns ({', '.join(TARGET_DTYPES)})")
+        self.targets = tuple(targets)
         unknown = sorted(set(text_columns) - set(self.columns))
         if unknown:
             raise ValueError(f"text_columns {unknown} are not among the columns {self.columns}")
@@ -90,6 +103,7 @@ class TrainingData:
         #: Counts from the latest pass over the files (the up-front read, or the latest streamed epoch).
         self.stats = ReadStats()
         self._tokens: dict[str, dict[str, _Ragged]] = {}
+        self._targets: dict[str, Tensor] = {}
         self._texts: dict[str, list[str]] = {}
         self._size: int | None = None
         if streaming:
@@ -160,6 +174,8 @@ class TrainingData:
                 ids = {key: ragged.take(rows) for key, ragged in fields.items()}  # {field: B id lists}
                 examples = [{key: ids[key][i] for key in ids} for i in range(len(rows))]
                 batch[column] = pad_batch(examples, self.pad_token_id)
+            if self._targets:
+                batch[TARGETS] = {column: values[rows] for column, values in self._targets.items()}  # (B,) each
             if self._texts:
                 batch[TEXT] = {column: [texts[i] for i in rows.tolist()] for column, texts in self._texts.items()}
             if self._embeddings:
@@ -194,6 +210,9 @@ class TrainingData:
             tokens = self.tokenize([example[column] for example in examples])
             rows = [{key: ids[i] for key, ids in tokens.items()} for i in range(len(examples))]
             batch[column] = pad_batch(rows, self.pad_token_id)
+        if self.targets:
+            batch[TARGETS] = {column: _target_tensor(column, [example[column] for example in examples])
+                              for column in self.targets}  # fmt: skip
         if self.text_columns:
             batch[TEXT] = {column: [example[column] for example in examples] for column in self.text_columns}
         return batch
@@ -202,7 +221,7 @@ class TrainingData:
     def _read(self, stats: ReadStats, paths: list | None = None) -> Iterator[dict[str, str]]:
         return read_many(
             self.paths if paths is None else paths,
-            columns=self.columns,
+            columns=self.columns + self.targets,
             skip_bad_lines=self.skip_bad_lines,
             stats=stats,
         )
@@ -210,8 +229,11 @@ class TrainingData:
     def _load(self) -> None:
         # Tokenize a chunk at a time while reading: peak memory is one chunk of text, not the corpus.
         parts: dict[str, dict[str, list[_Ragged]]] = {column: {} for column in self.columns}
+        targets: dict[str, list[Tensor]] = {column: [] for column in self.targets}
         examples = self._read(self.stats)
         while chunk := list(itertools.islice(examples, TOKENIZE_CHUNK)):
+            for column in self.targets:
+                targets[column].append(_target_tensor(column, [example[column] for example in chunk]))
             for column in self.columns:
                 tokens = self.tokenize([example[column] for example in chunk])
                 for key, rows in tokens.items():
@@ -226,6 +248,7 @@ class TrainingData:
             column: {key: _Ragged.concat(pieces) for key, pieces in fields.items()}
             for column, fields in parts.items()
         }
+        self._targets = {column: torch.cat(pieces) for column, pieces in targets.items()}  # (N,) each
 
     def _check_bad_share(self) -> None:
         stats = self.stats
@@ -264,6 +287,11 @@ class _Ragged:
         """The rows at ``indices`` as lists (one tensor lookup for all of them: this runs every step)."""
         starts, lengths = self.offsets[indices].tolist(), self.lengths[indices].tolist()
         return [self.values[start : start + length].tolist() for start, length in zip(starts, lengths)]
+
+
+def _target_tensor(column: str, texts: list[str]) -> Tensor:
+    """(N,) targets of one column from the checked texts the readers yield."""
+    return torch.tensor([target_value(column, text) for text in texts], dtype=TARGET_DTYPES[column])
 
 
 def _embedding_rows(path: str | os.PathLike, examples: int | None) -> np.ndarray:
