@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from csekit import losses
 from csekit.distributed import all_gather_with_grad, get_rank, get_world_size
-from csekit.losses import hard_negative_weights, info_nce
+from csekit.losses import hard_negative_weights, improved_contrastive, info_nce
 
 WORLD_SIZE = 2
 TRIPLETS = [
@@ -51,6 +51,13 @@ def _loss(model, tokenizer, rows, hard_negative_weight: float | None):
     return info_nce(anchors, candidates, 0.05, weights=weights)
 
 
+def _improved_contrastive_loss(model, tokenizer, rows):
+    """GTE's loss over (premise, entailment) pairs: every partition sum runs over the queries and documents of all ranks."""
+    texts = [row[0] for row in rows] + [row[1] for row in rows]
+    queries, documents = model(**tokenizer(texts, padding=True, return_tensors="pt")).split(len(rows))  # 2 x (b, H)
+    return improved_contrastive(queries, documents, 0.05)
+
+
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: param.grad.clone() for name, param in module.named_parameters() if param.grad is not None}
 
@@ -80,6 +87,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             loss = _loss(model, encoder.tokenizer, shard, weight)
             loss.backward()
             results[case] = {"loss": loss.detach(), "grads": _grads(encoder)}
+        losses.all_gather_with_grad = all_gather_with_grad
+        encoder = _encoder()
+        model = DistributedDataParallel(encoder)  # held until backward: its hooks average the gradients
+        loss = _improved_contrastive_loss(model, encoder.tokenizer, shard)
+        loss.backward()
+        results["improved_contrastive"] = {"loss": loss.detach(), "grads": _grads(encoder)}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -109,6 +122,18 @@ def test_two_processes_equal_one_process_with_the_whole_batch(rank_results, case
         assert result[case]["grads"].keys() == grads.keys()
         for name, grad in grads.items():
             torch.testing.assert_close(result[case]["grads"][name], grad, rtol=0, atol=1e-6, msg=name)
+
+
+def test_gtes_partition_over_two_processes_equals_one_process_with_the_whole_batch(rank_results):
+    encoder = _encoder()
+    loss = _improved_contrastive_loss(encoder, encoder.tokenizer, TRIPLETS)
+    loss.backward()
+    grads = _grads(encoder)
+    mean_loss = sum(result["improved_contrastive"]["loss"] for result in rank_results) / WORLD_SIZE
+    torch.testing.assert_close(mean_loss, loss.detach(), rtol=0, atol=1e-6)
+    for result in rank_results:
+        for name, grad in grads.items():
+            torch.testing.assert_close(result["improved_contrastive"]["grads"][name], grad, rtol=0, atol=1e-6, msg=name)
 
 
 def test_replacing_only_the_own_slice_loses_gradient(rank_results):

@@ -45,12 +45,19 @@ CONTRACT_OPTIONS: dict[str, dict] = {
 CONTRACT_POOLERS: dict[str, str] = {"promptbert": "mask_denoised"}
 
 
+#: A target per row of TEXTS for each target column: scores spread over [0, 1] (ties and both sides of
+#: AnglE's positive threshold included), labels of every class.
+TARGETS = {"score": torch.tensor([0.9, 0.1, 0.5, 0.5, 1.0, 0.0]), "label": torch.tensor([0, 1, 2, 2, 1, 0])}
+
+
 def batch_for(objective: Objective, encoder) -> dict:
     batch = {}
     for shift, column in enumerate(objective.columns):
         texts = TEXTS[shift:] + TEXTS[:shift]
         ids = encoder.tokenize(texts)
         batch[column] = pad_batch([{k: ids[k][i] for k in ids} for i in range(len(texts))], 0)
+    if objective.targets:
+        batch["targets"] = {column: TARGETS[column] for column in objective.targets}
     return batch
 
 

@@ -155,3 +155,115 @@ def similarity_kl(student: Tensor, teacher: Tensor, *, temperature: float = 0.05
     student_log_p = F.log_softmax(student_logits, dim=-1)
     terms = teacher_log_p.exp() * (teacher_log_p - student_log_p)  # (B, B)
     return terms.masked_fill(self_pairs, 0.0).sum(dim=-1).mean()
+
+
+# ------------------------------------------------------------------ labelled pairs
+def cosine_regression(first: Tensor, second: Tensor, scores: Tensor) -> Tensor:
+    """Sentence-BERT's regression objective (Reimers & Gurevych 2019, Sec. 3): the mean squared error of
+    ``cos(u, v)`` against the gold score on [0, 1] (sentence-transformers' ``CosineSimilarityLoss``).
+
+    first, second: (B, H), row i of each one pair. scores: (B,) on [0, 1].
+    """
+    return F.mse_loss(F.cosine_similarity(first, second, dim=-1), scores.to(first.dtype))
+
+
+def rank_pairs(similarities: Tensor, scores: Tensor, scale: float) -> Tensor:
+    """``log(1 + sum_{s_i > s_j} exp(scale * (sim_j - sim_i)))``: every pair scored above another should be
+    the more similar one (CoSENT's form; AnglE ranks its angle similarity the same way).
+
+    similarities, scores: (B,), one per pair. Pairs with equal scores are not compared. A scalar; not a
+    mean, so it grows with the batch (as in both references).
+    """
+    above = scores[:, None] > scores[None, :]  # (B, B): pair i is scored above pair j
+    gaps = scale * (similarities[None, :] - similarities[:, None])  # (B, B): [i, j] = scale * (sim_j - sim_i)
+    terms = gaps.masked_fill(~above, -math.inf).flatten()  # (B * B,)
+    return torch.logsumexp(torch.cat([terms.new_zeros(1), terms]), dim=0)  # the 1 in log(1 + ...)
+
+
+def cosent(first: Tensor, second: Tensor, scores: Tensor, *, scale: float = 20.0) -> Tensor:
+    """CoSENT (Su 2022, "CoSENT: a more efficient sentence vector scheme than Sentence-BERT"):
+    ``log(1 + sum_{s_i > s_j} exp(scale * (cos_j - cos_i)))`` over the pairs of the batch, scale (λ) 20.
+
+    first, second: (B, H), row i of each one pair. scores: (B,) gold scores (only their order counts).
+    """
+    return rank_pairs(F.cosine_similarity(first, second, dim=-1), scores, scale)
+
+
+def angle_similarity(first: Tensor, second: Tensor) -> Tensor:
+    """AnglE's similarity of a pair in complex space (Li & Li 2023, Sec. 3.4; reference ``angle_loss``).
+
+    Each embedding is split in halves, real part then imaginary part: ``u = a + bi``, ``v = c + di``. The
+    quotient ``u / v`` is taken element-wise with the norms of the whole vectors,
+    ``((ac + bd) + i(bc - ad)) / (|u| |v|)``, and its real and imaginary parts summed over all dimensions:
+    ``|sum(ac + bd) + sum(bc - ad)| / (|u| |v|)``. ``u == v`` gives 1. Returns (B,).
+    """
+    if first.shape[-1] % 2:
+        raise ValueError(f"AnglE splits embeddings into real and imaginary halves: width {first.shape[-1]} is odd")
+    a, b = first.chunk(2, dim=-1)  # (B, H/2) each: real, imaginary
+    c, d = second.chunk(2, dim=-1)
+    norms = first.norm(dim=-1) * second.norm(dim=-1)  # (B,)
+    real, imaginary = (a * c + b * d).sum(dim=-1), (b * c - a * d).sum(dim=-1)  # (B,) each
+    return (real + imaginary).abs() / norms
+
+
+def angle_ranking(first: Tensor, second: Tensor, scores: Tensor, *, scale: float = 1.0) -> Tensor:
+    """AnglE's angle objective: :func:`rank_pairs` over :func:`angle_similarity` (reference ``angle_loss``).
+
+    The reference's term for pairs ``s_i < s_j`` is ``exp(scale * (z_i - z_j))``: the pair with the higher
+    gold score must have the larger ``z``. (The paper's Eq. writes the same ranking over an angle
+    *difference*, where the higher-scored pair has the smaller one; the code's ``z`` is similarity-like.)
+    """
+    return rank_pairs(angle_similarity(first, second), scores, scale)
+
+
+def paired_in_batch_negatives(first: Tensor, second: Tensor, positive: Tensor, *, scale: float = 20.0) -> Tensor:
+    """AnglE's in-batch negative objective (Li & Li 2023, Sec. 3.3; reference ``in_batch_negative_loss``).
+
+    The 2B sentences of the batch are all anchors; each one's candidates are the 2B - 1 others (both
+    sides), and for a positive pair the target is its partner: ``-log softmax_k(scale * cos)[partner]``.
+    The mean runs over all 2B rows; rows of non-positive pairs add 0 (they still serve as negatives).
+
+    first, second: (B, H). positive: (B,) bool, which pairs are positives.
+    """
+    size = first.shape[0]
+    sentences = torch.cat([first, second])  # (2B, H): row i and row B + i are one pair
+    logits = scale * cosine_similarity_matrix(sentences, sentences)  # (2B, 2B)
+    itself = torch.eye(2 * size, dtype=torch.bool, device=first.device)
+    log_p = F.log_softmax(logits.masked_fill(itself, -math.inf), dim=-1)  # (2B, 2B)
+    rows = torch.arange(2 * size, device=first.device)
+    partner = log_p[rows, (rows + size) % (2 * size)]  # (2B,)
+    return -(partner * positive.repeat(2).to(partner.dtype)).sum() / (2 * size)
+
+
+def improved_contrastive(queries: Tensor, documents: Tensor, temperature: float = 0.01, *,
+                         gather: bool = True) -> Tensor:  # fmt: skip
+    """GTE's improved contrastive loss (Li et al. 2023, "Towards General Text Embeddings with Multi-stage
+    Contrastive Learning", Sec. 3.3): ``-mean_i log exp(s(q_i, d_i) / t) / Z_i`` with one partition
+
+        Z_i = sum_j exp(s(q_i, d_j) / t) + sum_{j != i} exp(s(q_i, q_j) / t)
+            + sum_j exp(s(q_j, d_i) / t) + sum_{j != i} exp(s(d_j, d_i) / t)
+
+    over cosine similarities: query to every document, query to the other queries, every query to the
+    document, the other documents to the document. The same-side sums leave out the sentence itself;
+    the two cross sums run over all j, as the paper writes them, so the positive's term is in Z twice
+    (as in sentence-transformers' ``MultipleNegativesRankingLoss`` with all four directions, ``joint``).
+
+    queries, documents: (B, H), row i of each one pair. gather: with several processes, every sum runs
+    over the queries and documents of all ranks (see :func:`info_nce`).
+    """
+    size = queries.shape[0]
+    all_queries, all_documents, offset = queries, documents, 0
+    if gather and get_world_size() > 1:
+        offset = get_rank() * size
+        # Both sides in one gather: one collective forward and one backward, not two of each.
+        gathered = all_gather_with_grad(torch.cat([queries, documents]))  # (W * 2B, H): q, d of rank 0, of rank 1...
+        by_rank = gathered.view(get_world_size(), 2, size, -1)  # (W, 2, B, H)
+        all_queries, all_documents = by_rank[:, 0].flatten(0, 1), by_rank[:, 1].flatten(0, 1)  # (W * B, H) each
+    own = torch.arange(size, device=queries.device) + offset  # (B,): each row's own column
+    itself = F.one_hot(own, all_queries.shape[0]).bool()  # (B, W * B)
+    query_documents = cosine_similarity_matrix(queries, all_documents)  # (B, W * B): s(q_i, d_j)
+    query_queries = cosine_similarity_matrix(queries, all_queries).masked_fill(itself, -math.inf)  # s(q_i, q_j)
+    document_queries = cosine_similarity_matrix(documents, all_queries)  # (B, W * B): s(q_j, d_i)
+    document_documents = cosine_similarity_matrix(documents, all_documents).masked_fill(itself, -math.inf)
+    logits = torch.cat([query_documents, query_queries, document_queries, document_documents], dim=1) / temperature
+    return F.cross_entropy(logits, own)  # (B, 4 * W * B); the positive s(q_i, d_i) is column ``own`` of the first block

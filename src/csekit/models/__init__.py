@@ -3,9 +3,10 @@
 from csekit.models.encoder import SentenceEncoder
 from csekit.models.loading import load_encoder
 from csekit.models.modules import AffineMap, MLPHead
+from csekit.models.pair_classifier import PairClassifier, load_pair_classifier
 from csekit.models.pooling import POOLERS, Pooler, register_pooler
 from csekit.models.prompt import MaskPooler
 from csekit.models.saving import save_encoder
 
-__all__ = ["POOLERS", "AffineMap", "MLPHead", "MaskPooler", "Pooler", "SentenceEncoder", "load_encoder",
-           "register_pooler", "save_encoder"]
+__all__ = ["POOLERS", "AffineMap", "MLPHead", "MaskPooler", "PairClassifier", "Pooler", "SentenceEncoder",
+           "load_encoder", "load_pair_classifier", "register_pooler", "save_encoder"]

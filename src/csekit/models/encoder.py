@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError, CsekitNote
 from csekit.models.modules import MLPHead
 from csekit.models.pooling import Pooler, build_pooler, check_pooler
-from csekit.models.saving import save_encoder
+from csekit.models.saving import SavedHead, save_encoder
 
 #: encode() shows a progress bar by default only when there are more sentences than this.
 PROGRESS_THRESHOLD = 10_000
@@ -267,9 +267,10 @@ class SentenceEncoder(nn.Module):
             dim = getattr(module, "out_features", dim)
         return dim
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Save as a sentence-transformers folder (see :mod:`csekit.models.saving`)."""
-        save_encoder(self, path)
+    def save(self, path: str | os.PathLike, *, heads: Mapping[str, SavedHead] | None = None) -> None:
+        """Save as a sentence-transformers folder, with the ``heads`` an objective trained beside it (see
+        :mod:`csekit.models.saving`)."""
+        save_encoder(self, path, heads=heads)
 
 
 #: Files one of which a local model folder needs for its tokenizer.

@@ -7,6 +7,8 @@ A saved folder is a sequence of modules, each written by the stage that computes
     tokenizer files, sentence_bert_config.json
     N_<Kind>/                         each further module's config.json (and model.safetensors)
     csekit_config.json                the pooler's name and settings, so csekit reloads it exactly
+    <head>/                           heads an objective trained with the model, outside the module
+                                      sequence (Sentence-BERT's ``pair_classifier/``); each saves itself
 
 The input module is the stock ``Transformer`` followed by the stock modules the pooler names
 (:meth:`~csekit.models.pooling.Pooler.stock_modules`: ``Pooling``, ``WeightedLayerPooling``), which any
@@ -24,8 +26,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from safetensors.torch import save_file
 
@@ -42,8 +45,15 @@ INPUT_MODULE = "csekit.models.st_module.PooledTransformer"
 FORMAT = 2  # csekit_config.json: {"pooler": {"name": ..., settings}}; format 1 kept the pooler as a string
 
 
-def save_encoder(encoder: SentenceEncoder, path: str | os.PathLike) -> None:
-    """Write ``encoder`` as a sentence-transformers folder; the folder appears whole or not at all."""
+class SavedHead(Protocol):
+    """A module trained with the model that saves itself into a folder (:class:`~csekit.models.pair_classifier.PairClassifier`)."""
+
+    def save(self, folder: str | os.PathLike) -> None: ...
+
+
+def save_encoder(encoder: SentenceEncoder, path: str | os.PathLike, *, heads: Mapping[str, SavedHead] | None = None) -> None:
+    """Write ``encoder`` as a sentence-transformers folder, each of ``heads`` in its own subfolder (named by
+    its key, beside the modules); the folder appears whole or not at all."""
     target = Path(path)
     check_model_target(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -58,6 +68,10 @@ def save_encoder(encoder: SentenceEncoder, path: str | os.PathLike) -> None:
         if encoder.normalize:
             modules.append(StockModule("Normalize"))
         _write_modules(staging, modules)
+        for name, head in (heads or {}).items():
+            if (staging / name).exists():
+                raise CsekitError(f"a head cannot be saved as {name}/: the model's own files use that name")
+            head.save(staging / name)
         replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

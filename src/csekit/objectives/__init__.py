@@ -7,18 +7,22 @@ from typing import Any
 
 from csekit.errors import CsekitError
 from csekit.models.encoder import SentenceEncoder
+from csekit.objectives.angle import AnglE
 from csekit.objectives.base import Batch, Embeddings, Objective, ObjectiveWrapper, RunContext
 from csekit.objectives.clear import CLEAR
 from csekit.objectives.consert import ConSERT
+from csekit.objectives.cosent import CoSENT
 from csekit.objectives.dclr import DCLR
 from csekit.objectives.debcse import DebCSE
 from csekit.objectives.diffcse import DiffCSE
 from csekit.objectives.esimcse import ESimCSE
 from csekit.objectives.frozen import FrozenHelper
 from csekit.objectives.gcse import GCSE
+from csekit.objectives.gte import GTE
 from csekit.objectives.mlm import MaskedLMAuxiliary
 from csekit.objectives.options import check_options
 from csekit.objectives.promptbert import PromptBERT
+from csekit.objectives.sbert import SBERTClassification, SBERTRegression
 from csekit.objectives.simcse import SupervisedSimCSE, UnsupervisedSimCSE
 
 #: CLI name -> objective class.
@@ -33,6 +37,11 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "clear": CLEAR,
     "diffcse": DiffCSE,
     "promptbert": PromptBERT,
+    "sbert_softmax": SBERTClassification,
+    "sbert_regression": SBERTRegression,
+    "cosent": CoSENT,
+    "angle": AnglE,
+    "gte": GTE,
 }
 #: Recipe name (``wrappers:``) -> wrapper class, applied in the order a recipe lists them.
 WRAPPERS: dict[str, type[ObjectiveWrapper]] = {

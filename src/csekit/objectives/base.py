@@ -12,6 +12,9 @@ An objective is split in two so that wrappers compose without knowing the method
   gathering happens inside the loss functions). The trainer minimises the sum of the terms and logs
   each one.
 
+Modules the objective trains that belong to the saved model (Sentence-BERT's classifier) are returned
+by ``saved_heads()``: the trainer writes each into the model folder beside the encoder.
+
 Two hooks carry the state that outlives a step: ``after_micro_batch(embeddings)``, called once per
 micro-batch after its loss, with the whole micro-batch's embeddings (ESimCSE stages its queue keys
 here), and ``after_step(encoder)``, after each optimizer step (a momentum encoder follows the weights).
@@ -24,7 +27,8 @@ anything loads (:func:`csekit.objectives.check_options`). Frozen helpers (:mod:`
 stay in eval mode with no gradients and are left out of checkpoints.
 
 A batch is ``{column: {"input_ids": (B, T), "attention_mask": (B, T), ...}}``: one tokenized text field
-per column the objective reads (``sent0``, ``sent1``, ``hard_neg``), plus, when asked for, the raw texts
+per column the objective reads (``sent0``, ``sent1``, ``hard_neg``), plus the targets it declares
+(``batch["targets"][column]``: a (B,) ``score`` on [0, 1] or NLI ``label`` index), when asked for, the raw texts
 (``batch["text"][column]``, for helpers with their own tokenizer) and precomputed embedding columns
 (``batch["embeddings"][name]``, (B, D)).
 """
@@ -63,6 +67,8 @@ class Objective(nn.Module):
     views: ClassVar[tuple[str, ...]] = ("sent0",)
     #: embed()'s keys that hold the trained encoder's sentence embeddings.
     sentence_keys: ClassVar[tuple[str, ...]] = ()
+    #: The target columns a training example must have (``score``, ``label``: :mod:`csekit.data.labelled`).
+    targets: ClassVar[tuple[str, ...]] = ()
     #: Whether every term depends on the batch only through ``embed``'s output (gradient cache needs it).
     supports_grad_cache: ClassVar[bool] = True
 
@@ -80,6 +86,10 @@ class Objective(nn.Module):
 
     def after_step(self, encoder: SentenceEncoder) -> None:
         """Called after every optimizer step (a momentum encoder follows the encoder here)."""
+
+    def saved_heads(self) -> dict[str, nn.Module]:
+        """Trained modules saved with the model, by subfolder name (each has ``save(folder)``)."""
+        return {}
 
     # ------------------------------------------------------------------ frozen helpers
     def helpers(self) -> Iterator[tuple[str, FrozenHelper]]:
@@ -111,7 +121,7 @@ class Objective(nn.Module):
 class ObjectiveWrapper(Objective):
     """An objective that holds another and adds to it (an auxiliary loss, a Matryoshka sum).
 
-    Columns, views, sentence keys, gradient-cache support and both hooks are the inner objective's; a
+    Columns, views, sentence keys, targets, saved heads, gradient-cache support and both hooks are the inner objective's; a
     wrapper overrides ``embed`` and ``loss`` and calls the inner ones.
     """
 
@@ -132,6 +142,10 @@ class ObjectiveWrapper(Objective):
         return self.inner.sentence_keys
 
     @property
+    def targets(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.inner.targets
+
+    @property
     def supports_grad_cache(self) -> bool:  # type: ignore[override]
         return self.inner.supports_grad_cache
 
@@ -146,6 +160,9 @@ class ObjectiveWrapper(Objective):
 
     def after_step(self, encoder: SentenceEncoder) -> None:
         self.inner.after_step(encoder)
+
+    def saved_heads(self) -> dict[str, nn.Module]:
+        return self.inner.saved_heads()
 
     @property
     def wrapped(self) -> Objective:

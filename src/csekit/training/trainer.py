@@ -79,6 +79,7 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
     data = TrainingData(
         config.train_files,
         columns=objective.columns,
+        targets=objective.targets,
         tokenize=lambda texts: encoder.tokenize(texts, max_length=config.max_length),
         pad_token_id=encoder.pad_token_id,
         streaming=config.streaming,
@@ -165,7 +166,7 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
                                          sent_s=f"{rate:.0f}")  # fmt: skip
                 accumulated = {}
                 if evaluators is not None and state.step % config.eval_steps == 0:
-                    _evaluate(evaluators, config.eval_metric, encoder, state, output, logger)
+                    _evaluate(evaluators, config.eval_metric, encoder, objective, state, output, logger)
                 saving = bool(save_steps) and state.step % save_steps == 0
                 if saving:
                     save_checkpoint(checkpoint_dir, **checkpoint, state=state)
@@ -184,11 +185,11 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
                     raise CsekitError(f"the training data has fewer than {config.batch_size * world_size} examples")
 
     if evaluators is not None and state.step % config.eval_steps != 0:
-        _evaluate(evaluators, config.eval_metric, encoder, state, output, logger)
+        _evaluate(evaluators, config.eval_metric, encoder, objective, state, output, logger)
     if rank == 0:
-        encoder.save(output / "final")
+        encoder.save(output / "final", heads=objective.saved_heads())
         if evaluators is None:  # no model selection: the last model is the best one known
-            encoder.save(output / "best")
+            encoder.save(output / "best", heads=objective.saved_heads())
     logger.close()
     if world_size > 1:
         torch.distributed.barrier()
@@ -224,8 +225,8 @@ def set_dropout(encoder: SentenceEncoder, probability: float) -> None:
             module.p = probability
 
 
-def _evaluate(evaluators: dict[str, Evaluator], metric: str, encoder: SentenceEncoder, state: TrainState,
-              output: Path, logger) -> None:  # fmt: skip
+def _evaluate(evaluators: dict[str, Evaluator], metric: str, encoder: SentenceEncoder, objective: Objective,
+              state: TrainState, output: Path, logger) -> None:  # fmt: skip
     """Score the dev sets; keep the model as best/ when ``metric`` (family/name) improved in its direction."""
     results = evaluate_all(encoder, evaluators)  # encode() switches to eval mode and back
     family, name = metric.split("/", 1)
@@ -235,7 +236,7 @@ def _evaluate(evaluators: dict[str, Evaluator], metric: str, encoder: SentenceEn
     score = results[family][name]
     if evaluators[family].improves(name, score, state.best_metric):
         state.best_metric, state.best_step = score, state.step
-        encoder.save(output / "best")
+        encoder.save(output / "best", heads=objective.saved_heads())
     dev = {f"dev/{key}": value for key, value in flat_metrics(results).items() if key.count("/") == 1}
     logger.log(state.step, dev | {"dev/best": state.best_metric})
 
