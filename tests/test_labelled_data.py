@@ -191,3 +191,18 @@ def test_the_train_and_dev_splits_read_whole(data_dir):
         assert (stats.read, stats.bad, stats.empty) == (count, 0, 0) and min(scores) == 0.0 and max(scores) == 1.0, spec
     rows = read(f"snli:{data_dir / 'SNLI/s1.dev'}", NLI)
     assert len(rows) == 9842 and {row["label"] for row in rows} == set(NLI_LABELS)
+
+
+def test_csekit_train_refuses_a_test_set_in_one_line_before_anything_loads(data_dir, tmp_path, capsys):
+    from conftest import write_recipe
+
+    from csekit.cli.main import main
+
+    model = tmp_path / "tiny"  # never loaded: the recipe is refused first
+    recipe = write_recipe(tmp_path, model, objective="cosent", pooler="mean", mlp_only_train=False,
+                          train_files=[f"stsb:{data_dir / 'STS/STSBenchmark/sts-train.csv'}",
+                                       f"sick:{data_dir / 'SICK/SICK_test_annotated.txt'}"])  # fmt: skip
+    assert main(["train", str(recipe)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "is the test set SICK/SICK_test_annotated.txt" in error, error
+    assert not (tmp_path / "run").exists()

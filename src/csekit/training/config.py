@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from csekit.data.labelled import refuse_held_out
+from csekit.data.readers import source_files
 from csekit.errors import CsekitError
 from csekit.evaluation import EVALUATORS, EvaluationSettings, split_tasks
 from csekit.models.pooling import check_pooler
@@ -61,7 +63,7 @@ class TrainConfig:
     """Wrappers around the objective, in order, with their options: ``{mlm: {weight: 0.1}}`` (SimCSE's do_mlm)."""
     # --- data
     train_files: list[str] = field(default_factory=list)
-    """Training files: .txt (one sentence a line), .csv/.tsv/.jsonl with the objective's columns."""
+    """Training files: .txt (one sentence a line), .csv/.tsv/.jsonl with the objective's columns, or stsb:, sick:, snli: PATH."""
     max_length: int = 32
     """Tokens per sentence after truncation (SimCSE: 32)."""
     streaming: bool = False
@@ -145,6 +147,11 @@ class TrainConfig:
         for key, ok, allowed in self._ranges():
             if not ok:
                 raise CsekitError(f"{source}: {key} must be {allowed}, not {getattr(self, key)!r}")
+        try:  # a test set named as training data is refused with the recipe, before anything loads
+            for path in (file for spec in self.train_files for file in source_files(spec)):
+                refuse_held_out(path)
+        except CsekitError as error:
+            raise CsekitError(f"{source}: {error}") from None
         first = next(iter(families))
         self.eval_metric = self.eval_metric or f"{first}/{EVALUATORS[first].primary_metric}"
         if self.eval_metric.split("/", 1)[0] not in families:
