@@ -23,6 +23,8 @@ from csekit.objectives import build_objective
 
 SIZE, WIDTH = 6, 8
 SCORES = torch.tensor([0.9, 0.1, 0.5, 0.5, 1.0, 0.0], dtype=torch.float64)  # a tie, both ends
+#: Options for losses on embeddings made up without texts (AnglE otherwise reads the batch's token ids for repeats).
+TEXT_FREE = {"angle": {"duplicates_as_positives": False}}
 
 
 def pairs(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,30 +81,41 @@ def complex_angle(first, second, i):
     return (product.real + product.imag).abs() / (first[i].norm() * second[i].norm())
 
 
-def naive_in_batch(first, second, positive, scale):
+def naive_in_batch(first, second, positive, scale, duplicates=None):
+    """Per sentence: -log p(partner) when its pair is positive, -log p(k) for every other row k with its text."""
     sentences = [*first, *second]  # row i and row SIZE + i are one pair
     total = torch.zeros((), dtype=torch.float64)
     for row, anchor in enumerate(sentences):
-        partner = (row + SIZE) % (2 * SIZE)
-        if not positive[row % SIZE]:
-            continue
         others = sum(torch.exp(scale * cos(anchor, other)) for k, other in enumerate(sentences) if k != row)
-        total = total - torch.log(torch.exp(scale * cos(anchor, sentences[partner])) / others)
+        targets = [(row + SIZE) % (2 * SIZE)] if positive[row % SIZE] else []
+        if duplicates is not None:
+            targets += [k for k in range(2 * SIZE) if k != row and duplicates[row][k]]
+        for target in targets:
+            total = total - torch.log(torch.exp(scale * cos(anchor, sentences[target])) / others)
     return total / (2 * SIZE)
 
 
-def reference_in_batch(first, second, labels, scale):
+def reference_in_batch(first, second, labels, scale, similar=None):
     """AnglE's reference ``in_batch_negative_loss`` for 0/1 labels, transcribed: zigzag rows, the target
-    matrix from index products, the diagonal pushed down by 1e12, categorical cross-entropy, mean."""
+    matrix from index products plus ``similar_matrix``, the diagonal pushed down by 1e12, categorical
+    cross-entropy, mean."""
     outputs = torch.stack([first, second], dim=1).reshape(2 * SIZE, -1)  # u0, v0, u1, v1, ...
     y_true = labels.repeat_interleave(2)[:, None].int()  # (2B, 1)
     indices = torch.arange(2 * SIZE).int()
     columns = indices[None, :] * y_true.T + (y_true.T == 0).int() * -2
     partners = (indices + 1 - indices % 2 * 2)[:, None] * y_true + (y_true == 0).int() * -1
     target = (columns == partners).to(torch.float64)  # (2B, 2B)
+    if similar is not None:
+        target = target + similar
     normalized = F.normalize(outputs, dim=1)
     similarities = (normalized @ normalized.T - torch.eye(2 * SIZE, dtype=torch.float64) * 1e12) * scale
     return -(F.log_softmax(similarities, dim=1) * target).sum(dim=1).mean()
+
+
+def zigzag(matrix):
+    """A (2B, 2B) matrix over cat([first, second]) rows, reordered to the reference's u0, v0, u1, v1, ..."""
+    order = torch.stack([torch.arange(SIZE), torch.arange(SIZE) + SIZE], dim=1).flatten()
+    return matrix[order][:, order]
 
 
 def naive_improved_contrastive(queries, documents, temperature):
@@ -150,15 +163,39 @@ def test_angle_ranking_against_its_sum_over_ordered_pairs(scale):
     assert_same_loss_and_gradient(lambda u, v: angle_ranking(u, v, SCORES, scale=scale), naive, *pairs(3))
 
 
-def test_paired_in_batch_negatives_against_a_loop_and_the_reference_target_matrix():
+@pytest.mark.parametrize("repeated", [False, True])
+def test_paired_in_batch_negatives_against_a_loop_and_the_reference_target_matrix(repeated):
     positive = SCORES >= 0.2
     first, second = pairs(4)
-    assert_same_loss_and_gradient(lambda u, v: paired_in_batch_negatives(u, v, positive, scale=20.0),
-                                  lambda u, v: naive_in_batch(u, v, positive, 20.0), first, second)  # fmt: skip
+    mask = similar = None
+    if repeated:  # sentence 0 recurs as sentence 9 (the second side of pair 3), whose pair is no positive
+        mask = torch.zeros(2 * SIZE, 2 * SIZE, dtype=torch.bool)
+        mask[0, 9] = mask[9, 0] = True
+        similar = zigzag(mask).to(torch.float64)
+
+    def ours(u, v):
+        return paired_in_batch_negatives(u, v, positive, scale=20.0, duplicates=mask)
+
+    assert_same_loss_and_gradient(ours, lambda u, v: naive_in_batch(u, v, positive, 20.0, mask), first, second)
     # With 0/1 labels the reference's index products cannot collide: its target matrix is the partner's.
     labels = positive.to(torch.int64)
-    assert_same_loss_and_gradient(lambda u, v: paired_in_batch_negatives(u, v, positive, scale=20.0),
-                                  lambda u, v: reference_in_batch(u, v, labels, 20.0), first, second)  # fmt: skip
+    assert_same_loss_and_gradient(ours, lambda u, v: reference_in_batch(u, v, labels, 20.0, similar), first, second)
+
+
+def test_angle_finds_the_batchs_repeated_sentences_as_its_reference_does():
+    from csekit.data.collate import pad_batch
+    from csekit.objectives.angle import same_text
+
+    encoder = make_tiny_encoder()
+    texts = [("a man plays .", "a dog runs ."), ("a dog runs .", "the sun sets ."), ("a man plays .", "a man plays .")]
+
+    def column(side):
+        ids = encoder.tokenize([pair[side] for pair in texts])
+        return pad_batch([{key: ids[key][i] for key in ids} for i in range(len(texts))], encoder.pad_token_id)
+
+    same = same_text({"sent0": column(0), "sent1": column(1)}, encoder.pad_token_id)  # rows: 3 firsts, 3 seconds
+    flat = [pair[0] for pair in texts] + [pair[1] for pair in texts]
+    assert same.tolist() == [[a == b for b in flat] for a in flat]
 
 
 @pytest.mark.parametrize("temperature", [0.01, 0.5])
@@ -189,7 +226,7 @@ def test_the_ranking_losses_are_lower_when_the_higher_scored_pair_is_the_more_si
     for loss in (cosent, angle_ranking):
         assert loss(anchors, seconds, right) < loss(anchors, seconds, flipped), loss.__name__
     for name in ("cosent", "angle"):
-        objective = build_objective(name, make_tiny_encoder())
+        objective = build_objective(name, make_tiny_encoder(), options=TEXT_FREE.get(name))
         embeddings = {"sent0": anchors, "sent1": seconds}
         assert (sum(objective.loss(embeddings, {"targets": {"score": right}}).values())
                 < sum(objective.loss(embeddings, {"targets": {"score": flipped}}).values())), name  # fmt: skip
@@ -199,7 +236,7 @@ def test_the_ranking_losses_are_lower_when_the_higher_scored_pair_is_the_more_si
 def test_after_a_gradient_step_the_higher_scored_pair_has_the_higher_cosine(name):
     """Two pairs start equally similar, in orthogonal planes (nothing but the scores tells them apart); one
     step on the loss must leave the pair with the higher gold score the more similar one, either way round."""
-    objective = build_objective(name, make_tiny_encoder())
+    objective = build_objective(name, make_tiny_encoder(), options=TEXT_FREE.get(name))
     eye = torch.eye(32)
     start_first = torch.stack([eye[0], eye[2]])  # (2, 32)
     start_second = torch.stack([0.6 * eye[0] + 0.8 * eye[1], 0.6 * eye[2] + 0.8 * eye[3]])  # both cosines 0.6

@@ -216,12 +216,16 @@ def angle_ranking(first: Tensor, second: Tensor, scores: Tensor, *, scale: float
     return rank_pairs(angle_similarity(first, second), scores, scale)
 
 
-def paired_in_batch_negatives(first: Tensor, second: Tensor, positive: Tensor, *, scale: float = 20.0) -> Tensor:
+def paired_in_batch_negatives(first: Tensor, second: Tensor, positive: Tensor, *, scale: float = 20.0,
+                              duplicates: Tensor | None = None) -> Tensor:  # fmt: skip
     """AnglE's in-batch negative objective (Li & Li 2023, Sec. 3.3; reference ``in_batch_negative_loss``).
 
     The 2B sentences of the batch are all anchors; each one's candidates are the 2B - 1 others (both
     sides), and for a positive pair the target is its partner: ``-log softmax_k(scale * cos)[partner]``.
-    The mean runs over all 2B rows; rows of non-positive pairs add 0 (they still serve as negatives).
+    ``duplicates`` (2B, 2B) bool marks further targets of each row, whatever its pair's label: the other
+    rows that hold the same text (the reference's ``similar_matrix``; rows ordered as
+    ``cat([first, second])``). Targets add up (a partner that is also a duplicate counts twice, as there).
+    The mean runs over all 2B rows; a row with no target adds 0 (it still serves as a negative).
 
     first, second: (B, H). positive: (B,) bool, which pairs are positives.
     """
@@ -231,8 +235,12 @@ def paired_in_batch_negatives(first: Tensor, second: Tensor, positive: Tensor, *
     itself = torch.eye(2 * size, dtype=torch.bool, device=first.device)
     log_p = F.log_softmax(logits.masked_fill(itself, -math.inf), dim=-1)  # (2B, 2B)
     rows = torch.arange(2 * size, device=first.device)
-    partner = log_p[rows, (rows + size) % (2 * size)]  # (2B,)
-    return -(partner * positive.repeat(2).to(partner.dtype)).sum() / (2 * size)
+    targets = torch.zeros_like(log_p)  # (2B, 2B)
+    targets[rows, (rows + size) % (2 * size)] = positive.repeat(2).to(log_p.dtype)
+    if duplicates is not None:
+        targets = targets + (duplicates & ~itself).to(log_p.dtype)
+    # -inf on the diagonal times a zero target must not make NaN: the diagonal never is a target.
+    return -(targets * log_p.masked_fill(itself, 0.0)).sum() / (2 * size)
 
 
 def improved_contrastive(queries: Tensor, documents: Tensor, temperature: float = 0.01, *,
