@@ -26,7 +26,10 @@ def write(path: Path, text: str | bytes) -> Path:
 
 
 def read(spec, columns, **options) -> list[dict[str, str]]:
-    return list(read_examples(spec, columns=columns, **options))
+    """``read_examples`` with the score and label among ``columns`` read as targets."""
+    texts = tuple(column for column in columns if column not in ("score", "label"))
+    targets = tuple(column for column in columns if column in ("score", "label"))
+    return list(read_examples(spec, columns=texts, targets=targets, **options))
 
 
 def snli(folder: Path, premises: str, hypotheses: str, labels: str, split: str = "dev") -> str:
@@ -129,6 +132,13 @@ def test_score_and_label_columns_are_checked_in_every_format(tmp_path, name, dat
         read(write(tmp_path / name, data), columns)
 
 
+def test_a_text_column_called_label_is_text_unless_read_as_a_target(tmp_path):
+    path = write(tmp_path / "a.jsonl", json.dumps({"text": "hi", "label": "whatever", "score": 7}) + "\n")
+    assert list(read_examples(path, columns=("text", "label"))) == [{"text": "hi", "label": "whatever"}]
+    with pytest.raises(CsekitError, match="score is not a string"):  # a number is a target's privilege
+        list(read_examples(path, columns=("text", "score")))
+
+
 def test_targets_in_plain_files_and_their_canonical_form(tmp_path):
     jsonl = write(tmp_path / "a.jsonl", json.dumps({"sent0": "a", "sent1": "b", "score": 1}) + "\n")
     assert read(jsonl, SCORED) == [{"sent0": "a", "sent1": "b", "score": "1"}]
@@ -187,7 +197,7 @@ def test_the_train_and_dev_splits_read_whole(data_dir):
               f"sick:{data_dir / 'SICK/SICK_train.txt'}": 4500, f"sick:{data_dir / 'SICK/SICK_trial.txt'}": 500}  # fmt: skip
     for spec, count in counts.items():
         stats = ReadStats()
-        scores = [float(row["score"]) for row in read_examples(spec, columns=SCORED, stats=stats)]
+        scores = [float(row["score"]) for row in read_examples(spec, columns=PAIR, targets=("score",), stats=stats)]
         assert (stats.read, stats.bad, stats.empty) == (count, 0, 0) and min(scores) == 0.0 and max(scores) == 1.0, spec
     rows = read(f"snli:{data_dir / 'SNLI/s1.dev'}", NLI)
     assert len(rows) == 9842 and {row["label"] for row in rows} == set(NLI_LABELS)

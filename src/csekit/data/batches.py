@@ -221,7 +221,8 @@ class TrainingData:
     def _read(self, stats: ReadStats, paths: list | None = None) -> Iterator[dict[str, str]]:
         return read_many(
             self.paths if paths is None else paths,
-            columns=self.columns + self.targets,
+            columns=self.columns,
+            targets=self.targets,
             skip_bad_lines=self.skip_bad_lines,
             stats=stats,
         )

@@ -23,9 +23,8 @@ from pathlib import Path
 from csekit.data.senteval import manifest, sha256_of
 from csekit.errors import CsekitError
 
-SCORE, LABEL = "score", "label"
 #: The target columns a training example may carry besides its texts.
-TARGETS = (SCORE, LABEL)
+SCORE, LABEL = "score", "label"
 #: NLI classes in SentEval's order (``senteval/snli.py``): a label's index is its class.
 NLI_LABELS = ("entailment", "neutral", "contradiction")
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from csekit.data.labelled import LABEL, SCORE, TARGETS, canonical_target, target_problem
+from csekit.data.labelled import LABEL, SCORE, canonical_target, target_problem
 from csekit.errors import CsekitError
 
 SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl")
@@ -92,18 +92,21 @@ def read_examples(
     path: str | os.PathLike,
     *,
     columns: tuple[str, ...],
+    targets: tuple[str, ...] = (),
     skip_bad_lines: bool = False,
     stats: ReadStats | None = None,
 ) -> Iterator[Example]:
     """Yield ``{column: text}`` for each usable line of ``path`` (format chosen by its extension).
 
+    ``targets`` are target columns (``score``, ``label``) to read and check after the text ``columns``.
     ``path`` may name one of SentEval's :data:`LAYOUTS` before it (``stsb:PATH``). Problems with the file
     as a whole (missing, unknown extension, a .txt asked for several columns, a layout without a needed
     column) raise at once; problems inside it (header, lines) raise when the iteration reaches them.
     Pass a ``stats`` object to learn how many lines were read, empty, or skipped as bad.
     """
     layout, path = split_layout(path)
-    return _read(path, _check_file(path, tuple(columns), layout), tuple(columns), skip_bad_lines,
+    columns, targets = tuple(columns), tuple(targets)
+    return _read(path, _check_file(path, columns + targets, layout), columns, targets, skip_bad_lines,
                  stats if stats is not None else ReadStats())  # fmt: skip
 
 
@@ -111,13 +114,15 @@ def read_numbered(
     path: str | os.PathLike,
     *,
     columns: tuple[str, ...],
+    targets: tuple[str, ...] = (),
     skip_bad_lines: bool = False,
     stats: ReadStats | None = None,
 ) -> Iterator[tuple[int, Example]]:
     """``(line, example)`` for each usable line of ``path``, ``line`` being where its record starts:
     :func:`read_examples` for a reader that must tell which line a result came from."""
     layout, path = split_layout(path)
-    return _numbered(path, _check_file(path, tuple(columns), layout), tuple(columns), skip_bad_lines,
+    columns, targets = tuple(columns), tuple(targets)
+    return _numbered(path, _check_file(path, columns + targets, layout), columns, targets, skip_bad_lines,
                      stats if stats is not None else ReadStats())  # fmt: skip
 
 
@@ -182,6 +187,7 @@ def read_many(
     paths: Iterable[str | os.PathLike],
     *,
     columns: tuple[str, ...],
+    targets: tuple[str, ...] = (),
     skip_bad_lines: bool = False,
     stats: ReadStats | None = None,
 ) -> Iterator[Example]:
@@ -189,7 +195,8 @@ def read_many(
     stats = stats if stats is not None else ReadStats()
     # Check every path up front so a typo in the last file fails before hours of reading the first.
     readers = [
-        read_examples(path, columns=columns, skip_bad_lines=skip_bad_lines, stats=stats) for path in paths
+        read_examples(path, columns=columns, targets=targets, skip_bad_lines=skip_bad_lines, stats=stats)
+        for path in paths
     ]
     return itertools.chain.from_iterable(readers)
 
@@ -198,12 +205,14 @@ def read_many(
 ReportBad = Callable[..., None]  # (line, reason, lines=1): ``lines`` a bad record spans
 
 
-def _read(path: Path, suffix: str, columns: tuple[str, ...], skip_bad_lines: bool, stats: ReadStats):
-    for _, example in _numbered(path, suffix, columns, skip_bad_lines, stats):
+def _read(path: Path, suffix: str, columns: tuple[str, ...], targets: tuple[str, ...], skip_bad_lines: bool,
+          stats: ReadStats):  # fmt: skip
+    for _, example in _numbered(path, suffix, columns, targets, skip_bad_lines, stats):
         yield example
 
 
-def _numbered(path: Path, suffix: str, columns: tuple[str, ...], skip_bad_lines: bool, stats: ReadStats):
+def _numbered(path: Path, suffix: str, columns: tuple[str, ...], targets: tuple[str, ...], skip_bad_lines: bool,
+              stats: ReadStats):  # fmt: skip
     def report_for(where: Path) -> ReportBad:
         def report_bad(line: int, reason: str, lines: int = 1) -> None:
             message = f"{where}:{line}: {reason}"
@@ -216,12 +225,11 @@ def _numbered(path: Path, suffix: str, columns: tuple[str, ...], skip_bad_lines:
     report_bad = report_for(path)
     parse = {".txt": _parse_txt, ".csv": _parse_csv, ".tsv": _parse_csv, ".jsonl": _parse_jsonl,
              "stsb": _parse_stsb, "sick": _parse_sick, "snli": _parse_snli}[suffix]  # fmt: skip
-    texts = [column for column in columns if column not in TARGETS]
-    targets = [column for column in columns if column in TARGETS]
+    texts, columns = columns, columns + targets
     with path.open("rb") as file:  # bytes, so a decoding error names its line, not a buffer offset
         lines = _Lines(file, report_bad, keep_bad=suffix == "snli")
-        for example in parse(lines, path=path, suffix=suffix, columns=columns, report_bad=report_bad,
-                             report_for=report_for):  # fmt: skip
+        for example in parse(lines, path=path, suffix=suffix, columns=columns, targets=targets,
+                             report_bad=report_bad, report_for=report_for):  # fmt: skip
             if example is None or all(not example[column].strip() for column in texts):
                 stats.empty += 1
                 continue
@@ -273,7 +281,7 @@ def _parse_txt(lines: _Lines, *, columns: tuple[str, ...], **_) -> Iterator[Exam
         yield {columns[0]: text}
 
 
-def _parse_jsonl(lines: _Lines, *, columns: tuple[str, ...], report_bad: ReportBad, **_):
+def _parse_jsonl(lines: _Lines, *, columns: tuple[str, ...], targets: tuple[str, ...], report_bad: ReportBad, **_):
     for text in lines:
         if not text.strip():
             yield None
@@ -291,7 +299,7 @@ def _parse_jsonl(lines: _Lines, *, columns: tuple[str, ...], report_bad: ReportB
             report_bad(lines.number, f"missing key(s) {', '.join(missing)} (keys found: {', '.join(record)})")
             continue
         # A score may be a JSON number; every other value is text.
-        numbers = {column: str(record[column]) for column in columns if column == SCORE
+        numbers = {column: str(record[column]) for column in targets if column == SCORE
                    and isinstance(record[column], int | float) and not isinstance(record[column], bool)}  # fmt: skip
         not_text = [column for column in columns if column not in numbers and not isinstance(record[column], str)]
         if not_text:
@@ -390,7 +398,7 @@ def _parse_sick(lines: _Lines, *, path: Path, columns: tuple[str, ...], report_b
         raise CsekitError(f"sick:{path}: the file is empty; expected SICK's header row")
 
 
-def _parse_snli(lines: _Lines, *, path: Path, columns: tuple[str, ...], report_for, **_):
+def _parse_snli(lines: _Lines, *, path: Path, columns: tuple[str, ...], targets: tuple[str, ...], report_for, **_):
     """s1.SPLIT, s2.SPLIT and labels.SPLIT line by line: SentEval's SNLI (premise, hypothesis, label)."""
     second_path, labels_path = _snli_siblings(path)
     with second_path.open("rb") as second_file, labels_path.open("rb") as labels_file:
@@ -407,7 +415,7 @@ def _parse_snli(lines: _Lines, *, path: Path, columns: tuple[str, ...], report_f
             if not (premise.strip() or hypothesis.strip() or label.strip()):
                 yield None
                 continue
-            if LABEL in columns and (problem := target_problem(LABEL, label)):
+            if LABEL in targets and (problem := target_problem(LABEL, label)):
                 report_label(labels.number, problem)  # named in its own file
                 continue
             yield _pick({"sent0": premise, "sent1": hypothesis, LABEL: label}, columns)
