@@ -86,7 +86,7 @@ def main() -> None:
             print(f"{name} seed {seed}: STS avg {metrics['avg']:.2f}, dev {result.best_metric:.2f} "
                   f"(step {result.best_step}), {minutes:.1f} min", flush=True)  # fmt: skip
             if args.json:
-                _write_json(args.json, args.seeds, args.overrides, done | rows)
+                _write_json(args.json, args.seeds, args.overrides, _merged(done, rows))
 
     print("\nSTS test, Spearman x100 (STS12-16 'all'), mean over seeds " + ", ".join(map(str, args.seeds)) + "\n")
     print("| run | " + " | ".join(TITLES[t] for t in TASKS) + " | avg (mean ± std) | STS-B dev | sent/s |")
@@ -105,7 +105,17 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means)
               + f" | {statistics.mean(averages):.2f} ± {spread:.2f} | {dev:.2f} | {speed:.1f} |")  # fmt: skip
     if args.json:
-        _write_json(args.json, args.seeds, args.overrides, done | rows)
+        _write_json(args.json, args.seeds, args.overrides, _merged(done, rows))
+
+
+def _merged(done: dict, rows: dict) -> dict:
+    """The runs of the file and of this ladder, by recipe and seed: a ladder over other seeds keeps the file's."""
+    merged = {name: list(runs) for name, runs in done.items()}
+    for name, runs in rows.items():
+        seeds = {run["seed"] for run in runs}
+        merged[name] = sorted([run for run in merged.get(name, []) if run["seed"] not in seeds] + runs,
+                              key=lambda run: run["seed"])  # fmt: skip
+    return merged
 
 
 def _write_json(path: str, seeds: list[int], overrides: list[str], runs: dict) -> None:
