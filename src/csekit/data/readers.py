@@ -104,10 +104,8 @@ def read_examples(
     column) raise at once; problems inside it (header, lines) raise when the iteration reaches them.
     Pass a ``stats`` object to learn how many lines were read, empty, or skipped as bad.
     """
-    layout, path = split_layout(path)
-    columns, targets = tuple(columns), tuple(targets)
-    return _read(path, _check_file(path, columns + targets, layout), columns, targets, skip_bad_lines,
-                 stats if stats is not None else ReadStats())  # fmt: skip
+    numbered = read_numbered(path, columns=columns, targets=targets, skip_bad_lines=skip_bad_lines, stats=stats)
+    return (example for _, example in numbered)
 
 
 def read_numbered(
@@ -203,12 +201,6 @@ def read_many(
 
 # ---------------------------------------------------------------------------------------- internals
 ReportBad = Callable[..., None]  # (line, reason, lines=1): ``lines`` a bad record spans
-
-
-def _read(path: Path, suffix: str, columns: tuple[str, ...], targets: tuple[str, ...], skip_bad_lines: bool,
-          stats: ReadStats):  # fmt: skip
-    for _, example in _numbered(path, suffix, columns, targets, skip_bad_lines, stats):
-        yield example
 
 
 def _numbered(path: Path, suffix: str, columns: tuple[str, ...], targets: tuple[str, ...], skip_bad_lines: bool,
