@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # Where the demo and the tests look for their assets first; what it lacks comes from the user cache.
 export CSEKIT_SHARED ?= $(SHARED)
 
-.PHONY: install demo test lint
+.PHONY: install demo test lint bench
 install: $(VENV)/.installed
 
 # torch first, pinned: its CPU wheel is on local disk here, and a bare `torch` would pull a CUDA build.
@@ -30,3 +30,9 @@ lint: install
 	$(BIN)/python -m pip install -q -e ".[lint]"
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/lint-imports  # the layer and no-cycle contracts of pyproject.toml
+
+# Training throughput, csekit against sentence-transformers' trainer on this machine (CPU, bert-mini, batch 64);
+# the other benchmarks/ scripts need the same extra and print their own commands in their docstrings.
+bench: install
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python benchmarks/train_throughput.py

@@ -11,7 +11,7 @@ over the steps after the first ``--warmup`` ones, in training sentences (example
 
 ``--model bert-base-config`` builds a randomly initialised BERT-base (12 layers, 768 wide) with the
 uncased BERT vocabulary, for machines with no network: speed does not depend on the weights.
-Needs the benchmark extras: ``pip install -e .[bench]``.
+Needs the benchmark extra: ``pip install -e .[bench]`` (or ``make bench``, which runs the CPU default).
 """
 
 from __future__ import annotations
