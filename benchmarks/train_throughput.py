@@ -6,6 +6,14 @@ MultipleNegativesRankingLoss with scale 20 = 1 / 0.05), mean pooling, AdamW, max
 (method, batch size) runs in its own process, so peak memory is that run's alone; speed is measured
 over the steps after the first ``--warmup`` ones, in training sentences (examples) per second.
 
+Model FLOP utilisation (MFU) is the step's FLOPs over the device's peak, both measured in the same run: the
+FLOPs of one forward and backward pass of the encoder over both views (2B sentences) at the batches'
+padded lengths, counted by ``torch.utils.flop_counter`` on a weightless (meta-device) copy of the model
+(the loss and optimizer add well under 1%); the peak is the median rate of a large matrix multiply in the
+precision the trainers use (fp32 on CPU, bf16 on CUDA). Both trainers pad each batch to its longest
+sentence and shuffle with their own generators, so the padded lengths are those of the measured steps'
+batches in file order, the same for both methods.
+
     python benchmarks/train_throughput.py                                  # CPU, bert-mini-mlm
     python benchmarks/train_throughput.py --device cuda --model bert-base-config --batch-sizes 64 512
 
@@ -64,16 +72,65 @@ def main() -> None:
                     "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
                     "runs": runs,
                 })  # fmt: skip
+        peak = matmul_peak(args.device)
+        flops = {batch_size: step_flops(model, args, batch_size) for batch_size in args.batch_sizes}
+    for row in rows:
+        row["step_ms"] = 1000 * row["batch_size"] / row["examples_per_s"]
+        row["flops_per_step"] = flops[row["batch_size"]]
+        row["mfu"] = row["flops_per_step"] / (row["step_ms"] / 1000) / peak
     print(f"machine: {describe(machine())}; model {args.model}; device {args.device}; max_length 32; "
-          f"{args.steps} measured steps after {args.warmup}; median of {args.repeats}")  # fmt: skip
-    print("| batch | method | sentences/s | peak memory (MB) | speed-up |")
-    print("| ---: | --- | ---: | ---: | ---: |")
+          f"{args.steps} measured steps after {args.warmup}; median of {args.repeats}; "
+          f"matmul peak {peak / 1e9:.1f} GFLOP/s")  # fmt: skip
+    print("| batch | method | sentences/s | step (ms) | GFLOP/step | MFU | peak memory (MB) | speed-up |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
         base = next(r for r in rows if r["batch_size"] == row["batch_size"] and r["method"] == "sentence-transformers")
-        print(f"| {row['batch_size']} | {row['method']} | {row['examples_per_s']:.1f} | {row['peak_memory_mb']:.0f} "
+        print(f"| {row['batch_size']} | {row['method']} | {row['examples_per_s']:.1f} | {row['step_ms']:.0f} "
+              f"| {row['flops_per_step'] / 1e9:.1f} | {row['mfu']:.1%} | {row['peak_memory_mb']:.0f} "
               f"| {row['examples_per_s'] / base['examples_per_s']:.2f}x |")  # fmt: skip
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": describe(machine()), "args": vars(args), "rows": rows}, indent=2))
+        record = {"machine": describe(machine()), "args": vars(args), "matmul_peak_flop_s": peak, "rows": rows}
+        Path(args.json).write_text(json.dumps(record, indent=2))
+
+
+def matmul_peak(device: str, repeats: int = 7) -> float:
+    """FLOP/s of a large square matrix multiply, median of ``repeats``: fp32 on CPU, bf16 on CUDA."""
+    import torch
+
+    cuda = device.startswith("cuda")
+    size, dtype = (8192, torch.bfloat16) if cuda else (2048, torch.float32)
+    left, right = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    left @ right  # warm-up: kernel choice, thread pool
+    seconds = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        left @ right
+        if cuda:
+            torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(seconds)
+
+
+def step_flops(model: str, args, batch_size: int) -> float:
+    """Mean FLOPs of one training step's encoder forward and backward over the measured batches."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    with torch.device("meta"):  # shapes only: a BERT-base step at batch 512 is counted in milliseconds
+        encoder = AutoModel.from_config(AutoConfig.from_pretrained(model))
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    texts = sentences(args.data, (args.warmup + args.steps) * batch_size)[args.warmup * batch_size :]
+    counts = []
+    for start in range(0, len(texts), batch_size):
+        length = max(len(ids) for ids in tokenizer(texts[start : start + batch_size], truncation=True, max_length=32)["input_ids"])
+        input_ids = torch.zeros(2 * batch_size, length, dtype=torch.long, device="meta")  # (2B, T): both views
+        with FlopCounterMode(display=False) as counter:
+            encoder(input_ids=input_ids).last_hidden_state.mean().backward()  # no mask: the same matmuls
+        counts.append(counter.get_total_flops())
+    return statistics.mean(counts)
 
 
 def materialise(model: str, scratch: Path) -> str:
