@@ -207,9 +207,12 @@ def test_bad_recipes_fail_with_one_line(tmp_path, tiny_model, capsys):
     assert "no checkpoint to resume from" in capsys.readouterr().err
 
 
-def test_two_processes_train_like_one_process_with_the_whole_batch(tmp_path):
-    """torchrun, 2 gloo ranks x 4 examples == 1 process x 8 examples (negatives gathered across ranks)."""
-    one, two, losses = train_single_and_two_ranks(tmp_path, max_steps=3, pooler="mean")
+@pytest.mark.parametrize("options", [{}, {"gradient_accumulation": 2}, {"grad_cache_chunk": 2}],
+                         ids=["one-micro-batch", "accumulated", "gradient-cache"])  # fmt: skip
+def test_two_processes_train_like_one_process_with_the_whole_batch(tmp_path, options):
+    """torchrun, 2 gloo ranks x 4 examples == 1 process x 8 examples (negatives gathered across ranks); the
+    gradient all-reduce overlaps the last micro-batch's backward, or follows the gradient cache's chunks."""
+    one, two, losses = train_single_and_two_ranks(tmp_path, max_steps=3, pooler="mean", **options)
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
     assert losses[0] == pytest.approx(losses[1], abs=1e-6)

@@ -2,7 +2,8 @@
 
 AdamW with linear warmup and decay, gradient clipping and accumulation, bf16 autocast on GPU and
 fp32 on CPU, dynamic padding over pre-tokenised data, the gradient cache for big batches, and data
-parallelism under ``torchrun`` with negatives gathered across ranks (inside the losses). Every
+parallelism under ``torchrun`` with negatives gathered across ranks (inside the losses) and the gradient
+all-reduce overlapped with the last micro-batch's backward (:mod:`csekit.training.gradient_sync`). Every
 ``eval_steps`` the model is scored on the dev sets and the best one is kept, as SimCSE selects its
 models (any registered evaluator can select, by ``eval_metric`` and its direction); every
 ``save_steps`` a checkpoint is written from which ``resume=True`` continues exactly.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import random
 import sys
 import time
-from contextlib import nullcontext
+from contextlib import closing, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from csekit.objectives import Objective, RunContext, build_objective
 from csekit.training.checkpoint import TrainState, load_checkpoint, read_state, save_checkpoint
 from csekit.training.config import TrainConfig, check_resumable
 from csekit.training.grad_cache import grad_cache_step
+from csekit.training.gradient_sync import GradientSync
 from csekit.training.metrics_log import MetricsLog
 from csekit.training.run_folder import RunLock, check_output, claim, tidy
 from csekit.training.stop import StopRequests
@@ -117,13 +119,17 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
     save_steps = config.save_steps or config.eval_steps
 
     # A context, so that the bar is closed before any message and the message starts its own line.
-    with tqdm(total=total_steps, initial=state.step, desc="train", disable=rank != 0, dynamic_ncols=True) as progress:
+    sync = GradientSync(parameters, world_size)
+    with (tqdm(total=total_steps, initial=state.step, desc="train", disable=rank != 0, dynamic_ncols=True) as progress,
+          closing(sync)):  # fmt: skip
         started, examples_at_start = time.perf_counter(), state.examples
         micro, accumulated = 0, {}
         while state.step < total_steps:
             for batch in data.batches(state.epoch, seed=config.seed, batch_size=config.batch_size,
                                       skip=state.batches_in_epoch, rank=rank, world_size=world_size):  # fmt: skip
                 batch = _to_device(batch, device)
+                if micro + 1 == config.gradient_accumulation and not config.grad_cache_chunk:
+                    sync.arm()  # the gradient cache runs backward chunk by chunk: it is reduced after
                 with autocast:
                     if config.grad_cache_chunk:
                         terms = grad_cache_step(objective, encoder, batch, config.grad_cache_chunk,
@@ -141,7 +147,7 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
                 if micro < config.gradient_accumulation:
                     continue
                 micro = 0
-                _average_gradients(parameters, world_size)
+                sync.finish()
                 grad_norm = (
                     nn.utils.clip_grad_norm_(parameters, config.max_grad_norm) if config.max_grad_norm else None
                 )
@@ -279,20 +285,6 @@ def _adamw(groups: list[dict], learning_rate: float) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, lr=learning_rate, fused=True)
     except (RuntimeError, ValueError):
         return torch.optim.AdamW(groups, lr=learning_rate)
-
-
-def _average_gradients(parameters: list[nn.Parameter], world_size: int) -> None:
-    """What DDP does after backward: every rank gets the mean gradient (one flat all-reduce)."""
-    if world_size == 1:
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    torch.distributed.all_reduce(flat)
-    flat /= world_size
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
 
 
 def _mean_across_ranks(values: dict[str, float]) -> dict[str, float]:
