@@ -97,6 +97,8 @@ class TrainConfig:
     """Seed for data order, dropout and initialisation."""
     precision: str = "auto"
     """auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16."""
+    compile: bool = False
+    """torch.compile the backbone (inductor; the first steps pay the compilation, about a minute on a CPU)."""
     device: str | None = None
     """cpu, cuda, cuda:1 ... (default: cuda when available)."""
     # --- evaluation, checkpoints, logs
