@@ -1,7 +1,7 @@
 """The training loop every objective plugs into (plain PyTorch).
 
 AdamW with linear warmup and decay, gradient clipping and accumulation, bf16 autocast on GPU and
-fp32 on CPU, dynamic padding over pre-tokenised data, the gradient cache for big batches, and data
+fp32 on CPU, dynamic padding over pre-tokenised data (by a background thread, a step ahead), the gradient cache for big batches, and data
 parallelism under ``torchrun`` with negatives gathered across ranks (inside the losses) and the gradient
 all-reduce overlapped with the last micro-batch's backward (:mod:`csekit.training.gradient_sync`). Every
 ``eval_steps`` the model is scored on the dev sets and the best one is kept, as SimCSE selects its
@@ -36,6 +36,7 @@ from csekit.training.config import TrainConfig, check_resumable
 from csekit.training.grad_cache import grad_cache_step
 from csekit.training.gradient_sync import GradientSync
 from csekit.training.metrics_log import MetricsLog
+from csekit.training.prefetch import prefetched
 from csekit.training.run_folder import RunLock, check_output, claim, tidy
 from csekit.training.stop import StopRequests
 
@@ -127,70 +128,72 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
         started, examples_at_start = time.perf_counter(), state.examples
         micro, accumulated = 0, {}
         while state.step < total_steps:
-            for batch in data.batches(state.epoch, seed=config.seed, batch_size=config.batch_size,
-                                      skip=state.batches_in_epoch, rank=rank, world_size=world_size):  # fmt: skip
-                batch = _to_device(batch, device)
-                if micro + 1 == config.gradient_accumulation and not config.grad_cache_chunk:
-                    sync.arm()  # the gradient cache runs backward chunk by chunk: it is reduced after
-                with autocast:
-                    if config.grad_cache_chunk:
-                        terms = grad_cache_step(objective, encoder, batch, config.grad_cache_chunk,
-                                                scale=1.0 / config.gradient_accumulation)  # fmt: skip
-                    else:
-                        embeddings = objective.embed(encoder, batch)
-                        terms = objective.loss(embeddings, batch)
-                        (sum(terms.values()) / config.gradient_accumulation).backward()
-                        objective.after_micro_batch({key: value.detach() for key, value in embeddings.items()})
-                for name, value in terms.items():  # tensors: no device sync until a step is logged
-                    accumulated[name] = accumulated.get(name, 0.0) + value.detach() / config.gradient_accumulation
-                state.batches_in_epoch += 1
-                state.examples += len(next(iter(batch.values()))["input_ids"])
-                micro += 1
-                if micro < config.gradient_accumulation:
-                    continue
-                micro = 0
-                sync.finish()
-                grad_norm = (
-                    nn.utils.clip_grad_norm_(parameters, config.max_grad_norm) if config.max_grad_norm else None
-                )
-                optimizer.step()
-                objective.after_step(encoder)
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                progress.update(1)
+            epoch = data.batches(state.epoch, seed=config.seed, batch_size=config.batch_size,
+                                 skip=state.batches_in_epoch, rank=rank, world_size=world_size)  # fmt: skip
+            with closing(prefetched(epoch, device=device)) as batches:  # padded by a thread, a step ahead
+                for batch in batches:
+                    batch = _to_device(batch, device)
+                    if micro + 1 == config.gradient_accumulation and not config.grad_cache_chunk:
+                        sync.arm()  # the gradient cache runs backward chunk by chunk: it is reduced after
+                    with autocast:
+                        if config.grad_cache_chunk:
+                            terms = grad_cache_step(objective, encoder, batch, config.grad_cache_chunk,
+                                                    scale=1.0 / config.gradient_accumulation)  # fmt: skip
+                        else:
+                            embeddings = objective.embed(encoder, batch)
+                            terms = objective.loss(embeddings, batch)
+                            (sum(terms.values()) / config.gradient_accumulation).backward()
+                            objective.after_micro_batch({key: value.detach() for key, value in embeddings.items()})
+                    for name, value in terms.items():  # tensors: no device sync until a step is logged
+                        accumulated[name] = accumulated.get(name, 0.0) + value.detach() / config.gradient_accumulation
+                    state.batches_in_epoch += 1
+                    state.examples += len(next(iter(batch.values()))["input_ids"])
+                    micro += 1
+                    if micro < config.gradient_accumulation:
+                        continue
+                    micro = 0
+                    sync.finish()
+                    grad_norm = (
+                        nn.utils.clip_grad_norm_(parameters, config.max_grad_norm) if config.max_grad_norm else None
+                    )
+                    optimizer.step()
+                    objective.after_step(encoder)
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                    progress.update(1)
 
-                rate = (state.examples - examples_at_start) * world_size / (time.perf_counter() - started)
-                if state.step % config.logging_steps == 0 or state.step == total_steps:
-                    losses = {name: float(value) for name, value in accumulated.items()}
-                    record = {f"train/{name}": value for name, value in _mean_across_ranks(losses).items()}
-                    record.update({"train/loss": sum(record.values()), "train/lr": scheduler.get_last_lr()[0],
-                                   "train/examples_per_s": rate, "train/epoch": state.epoch,
-                                   "train/elapsed_s": time.perf_counter() - started})  # fmt: skip
-                    if grad_norm is not None:
-                        record["train/grad_norm"] = float(grad_norm)
-                    logger.log(state.step, record)
-                    progress.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/lr']:.2e}",
-                                         sent_s=f"{rate:.0f}")  # fmt: skip
-                accumulated = {}
-                if evaluators is not None and state.step % config.eval_steps == 0:
-                    _evaluate(evaluators, config.eval_metric, encoder, objective, state, output, logger)
-                saving = bool(save_steps) and state.step % save_steps == 0
-                if saving:
-                    save_checkpoint(checkpoint_dir, **checkpoint, state=state)
-                if stop.requested(device):
-                    if not saving:
+                    rate = (state.examples - examples_at_start) * world_size / (time.perf_counter() - started)
+                    if state.step % config.logging_steps == 0 or state.step == total_steps:
+                        losses = {name: float(value) for name, value in accumulated.items()}
+                        record = {f"train/{name}": value for name, value in _mean_across_ranks(losses).items()}
+                        record.update({"train/loss": sum(record.values()), "train/lr": scheduler.get_last_lr()[0],
+                                       "train/examples_per_s": rate, "train/epoch": state.epoch,
+                                       "train/elapsed_s": time.perf_counter() - started})  # fmt: skip
+                        if grad_norm is not None:
+                            record["train/grad_norm"] = float(grad_norm)
+                        logger.log(state.step, record)
+                        progress.set_postfix(loss=f"{record['train/loss']:.4f}", lr=f"{record['train/lr']:.2e}",
+                                             sent_s=f"{rate:.0f}")  # fmt: skip
+                    accumulated = {}
+                    if evaluators is not None and state.step % config.eval_steps == 0:
+                        _evaluate(evaluators, config.eval_metric, encoder, objective, state, output, logger)
+                    saving = bool(save_steps) and state.step % save_steps == 0
+                    if saving:
                         save_checkpoint(checkpoint_dir, **checkpoint, state=state)
-                    logger.close()
-                    raise Interrupted(f"stopped at step {state.step} of {total_steps}; the checkpoint is saved: continue "
-                                      "with --resume")  # fmt: skip
-                if state.step >= total_steps:
-                    break
-            else:  # the epoch ran out of batches
-                state.epoch += 1
-                state.batches_in_epoch = 0
-                if batches_per_epoch == 0:
-                    raise CsekitError(f"the training data has fewer than {config.batch_size * world_size} examples")
+                    if stop.requested(device):
+                        if not saving:
+                            save_checkpoint(checkpoint_dir, **checkpoint, state=state)
+                        logger.close()
+                        raise Interrupted(f"stopped at step {state.step} of {total_steps}; the checkpoint is saved: continue "
+                                          "with --resume")  # fmt: skip
+                    if state.step >= total_steps:
+                        break
+                else:  # the epoch ran out of batches
+                    state.epoch += 1
+                    state.batches_in_epoch = 0
+                    if batches_per_epoch == 0:
+                        raise CsekitError(f"the training data has fewer than {config.batch_size * world_size} examples")
 
     if evaluators is not None and state.step % config.eval_steps != 0:
         _evaluate(evaluators, config.eval_metric, encoder, objective, state, output, logger)
