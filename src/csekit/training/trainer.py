@@ -1,12 +1,13 @@
 """The training loop every objective plugs into (plain PyTorch).
 
-AdamW with linear warmup and decay, gradient clipping and accumulation, bf16 autocast on GPU and
-fp32 on CPU, dynamic padding over pre-tokenised data (by a background thread, a step ahead), the gradient cache for big batches, and data
-parallelism under ``torchrun`` with negatives gathered across ranks (inside the losses) and the gradient
-all-reduce overlapped with the last micro-batch's backward (:mod:`csekit.training.gradient_sync`). Every
-``eval_steps`` the model is scored on the dev sets and the best one is kept, as SimCSE selects its
-models (any registered evaluator can select, by ``eval_metric`` and its direction); every
-``save_steps`` a checkpoint is written from which ``resume=True`` continues exactly.
+AdamW with linear warmup and decay, gradient clipping and accumulation, bf16 autocast on GPU and fp32 on
+CPU, dynamic padding over pre-tokenised data (by a background thread, a step ahead), the gradient cache
+for big batches, and data parallelism under ``torchrun`` with negatives gathered across ranks (inside the
+losses) and the gradient all-reduce overlapped with the last micro-batch's backward
+(:mod:`csekit.training.gradient_sync`). Every ``eval_steps`` the model is scored on the dev sets and the
+best one is kept, as SimCSE selects its models (any registered evaluator can select, by ``eval_metric``
+and its direction); every ``save_steps`` a checkpoint is written from which ``resume=True`` continues
+exactly.
 """
 
 from __future__ import annotations
