@@ -10,7 +10,8 @@ Model FLOP utilisation (MFU) is the step's FLOPs over the device's peak, both me
 FLOPs of one forward and backward pass of the encoder over both views (2B sentences) at the batches'
 padded lengths, counted by ``torch.utils.flop_counter`` on a weightless (meta-device) copy of the model
 (the loss and optimizer add well under 1%); the peak is the median rate of a large matrix multiply in the
-precision the trainers use (fp32 on CPU, bf16 on CUDA). Both trainers pad each batch to its longest
+precision the trainers use (``--precision``: bf16 autocast on CUDA and fp32 on CPU by default; bf16 on a
+CPU with AVX-512 BF16 or AMX). Both trainers pad each batch to its longest
 sentence and shuffle with their own generators, so the padded lengths are those of the measured steps'
 batches in file order, the same for both methods.
 
@@ -52,6 +53,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="steps before the clock starts")
     parser.add_argument("--repeats", type=int, default=1, help="runs per (method, batch); the median is reported")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                        help="auto: bf16 autocast on CUDA, fp32 on CPU (both trainers)")
     parser.add_argument("--json", help="write the results here too")
     parser.add_argument("--worker", choices=["csekit", "sentence-transformers"], help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
@@ -72,7 +75,7 @@ def main() -> None:
                     "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
                     "runs": runs,
                 })  # fmt: skip
-        peak = matmul_peak(args.device)
+        peak = matmul_peak(args.device, bf16=bf16(args))
         flops = {batch_size: step_flops(model, args, batch_size) for batch_size in args.batch_sizes}
     for row in rows:
         row["step_ms"] = 1000 * row["batch_size"] / row["examples_per_s"]
@@ -80,6 +83,7 @@ def main() -> None:
         row["mfu"] = row["flops_per_step"] / (row["step_ms"] / 1000) / peak
     print(f"machine: {describe(machine())}; model {args.model}; device {args.device}; max_length 32; "
           f"{args.steps} measured steps after {args.warmup}; median of {args.repeats}; "
+          f"{'bf16 autocast' if bf16(args) else 'fp32'}; "
           f"matmul peak {peak / 1e9:.1f} GFLOP/s")  # fmt: skip
     print("| batch | method | sentences/s | step (ms) | GFLOP/step | MFU | peak memory (MB) | speed-up |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -93,12 +97,12 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(record, indent=2))
 
 
-def matmul_peak(device: str, repeats: int = 7) -> float:
-    """FLOP/s of a large square matrix multiply, median of ``repeats``: fp32 on CPU, bf16 on CUDA."""
+def matmul_peak(device: str, *, bf16: bool, repeats: int = 7) -> float:
+    """FLOP/s of a large square matrix multiply in bf16 or fp32, median of ``repeats``."""
     import torch
 
     cuda = device.startswith("cuda")
-    size, dtype = (8192, torch.bfloat16) if cuda else (2048, torch.float32)
+    size, dtype = 8192 if cuda else 2048, torch.bfloat16 if bf16 else torch.float32
     left, right = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
     left @ right  # warm-up: kernel choice, thread pool
     seconds = []
@@ -148,11 +152,16 @@ def materialise(model: str, scratch: Path) -> str:
 def run_worker(method: str, model: str, batch_size: int, args) -> dict:
     command = [sys.executable, __file__, "--worker", method, "--model", model, "--data", args.data,
                "--batch-size", str(batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--device", args.device]  # fmt: skip
+               "--device", args.device, "--precision", args.precision]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if done.returncode != 0:
         raise SystemExit(f"{method} batch {batch_size} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bf16(args) -> bool:
+    """Whether both trainers autocast to bf16: on CUDA unless told fp32, on CPU when told bf16."""
+    return args.precision == "bf16" or (args.precision == "auto" and args.device.startswith("cuda"))
 
 
 def sentences(path: str, count: int) -> list[str]:
@@ -182,6 +191,7 @@ def csekit_worker(args) -> dict:
             model=args.model, objective="simcse", pooler="mean", train_files=[str(data)], max_length=32,
             batch_size=args.batch_size, learning_rate=3e-5, max_steps=total, eval_steps=0, save_steps=0,
             logging_steps=1, output_dir=str(Path(scratch) / "run"), device=args.device,
+            precision="bf16" if bf16(args) else "fp32",
         )  # fmt: skip
         train(config)
         records = [json.loads(line) for line in (Path(scratch) / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -220,7 +230,7 @@ def st_worker(args) -> dict:
         training_args = SentenceTransformerTrainingArguments(
             output_dir=scratch, per_device_train_batch_size=args.batch_size, learning_rate=3e-5, max_steps=total,
             logging_steps=10**9, save_strategy="no", report_to=[], use_cpu=args.device == "cpu",
-            bf16=args.device.startswith("cuda"), dataloader_drop_last=True, seed=42,
+            bf16=bf16(args), dataloader_drop_last=True, seed=42,
         )  # fmt: skip
         trainer = SentenceTransformerTrainer(
             model=model, args=training_args, train_dataset=Dataset.from_dict({"anchor": texts, "positive": texts}),
