@@ -45,6 +45,19 @@ SHARED = Path(os.environ.get("CSEKIT_SHARED", Path(__file__).resolve().parents[2
 os.environ["CSEKIT_SHARED"] = str(SHARED)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _token_cache(tmp_path_factory):
+    """Training runs keep their tokenized corpora in one folder of this session, not in the user's cache."""
+    folder = tmp_path_factory.mktemp("token-cache")
+    previous = os.environ.get("CSEKIT_TOKEN_CACHE")
+    os.environ["CSEKIT_TOKEN_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("CSEKIT_TOKEN_CACHE", None)
+    else:
+        os.environ["CSEKIT_TOKEN_CACHE"] = previous
+
+
 @cache
 def _resolved(name: str) -> Path | str:
     try:

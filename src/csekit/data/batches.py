@@ -6,8 +6,12 @@ steps that asks for ``skip=k`` sees exactly the batches the uninterrupted run wo
 Two modes:
 
 - in memory (default): every example is read once and each column tokenized once up front, so a
-  training step does no text work. Token ids are kept as flat int32 tensors (Python lists of ints
-  cost ~9x more: wiki1m would need gigabytes).
+  training step does no text work. Token ids are kept as flat int32 arrays (Python lists of ints
+  cost ~9x more: wiki1m would need gigabytes). Given a ``tokenization`` key (what decides the ids: the
+  tokenizer, the pooler's settings, the max length), the ids are also kept on disk, content-addressed
+  by that key and the files' checksums (:mod:`csekit.data.token_cache`): the next run over the same
+  files memory-maps them instead of tokenizing again. Columns whose raw text a batch carries are read
+  from the files each run.
 - streaming (``streaming=True``): the files are read again every epoch through a seeded shuffle
   buffer, and only the examples of each batch are tokenized. For corpora larger than memory.
 
@@ -25,6 +29,7 @@ are computed once and read back every epoch. The .npy files are memory-mapped an
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import os
@@ -36,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from csekit.data import token_cache
 from csekit.data.collate import pad_batch
 from csekit.data.labelled import LABEL, SCORE, refuse_held_out, target_value
 from csekit.data.readers import ReadStats, read_many, source_files
@@ -78,6 +84,7 @@ class TrainingData:
         text_columns: Sequence[str] = (),
         embedding_files: Mapping[str, str | os.PathLike] | None = None,
         targets: Sequence[str] = (),
+        tokenization: str | None = None,
     ):
         self.paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
         for path in (file for spec in self.paths for file in source_files(spec)):
@@ -92,6 +99,8 @@ class TrainingData:
             raise ValueError(f"text_columns {unknown} are not among the columns {self.columns}")
         self.text_columns = tuple(text_columns)
         self.tokenize = tokenize
+        #: What decides the token ids (None: they are not cached on disk).
+        self.tokenization = tokenization
         self.pad_token_id = pad_token_id
         self.skip_bad_lines = skip_bad_lines
         #: With skip_bad_lines, a pass over the files with a larger share of bad lines is an error.
@@ -228,6 +237,34 @@ class TrainingData:
         )
 
     def _load(self) -> None:
+        entry = None
+        files = [file for spec in self.paths for file in source_files(spec)]
+        if self.tokenization is not None and not self.text_columns and all(file.is_file() for file in files):
+            # (a missing file is the reader's to name, with how to get it)
+            key = token_cache.corpus_key(self.paths, tokenization=self.tokenization, columns=self.columns,
+                                         targets=self.targets, skip_bad_lines=self.skip_bad_lines)  # fmt: skip
+            entry = token_cache.cache_folder() / key
+            corpus = token_cache.load(entry)
+            if corpus is not None:
+                self._restore(corpus)
+                return
+        self._tokenize_files()
+        if entry is not None:
+            token_cache.save(entry, token_cache.TokenizedCorpus(
+                tokens={column: {key: (ragged.values.numpy(), ragged.lengths.numpy()) for key, ragged in fields.items()}
+                        for column, fields in self._tokens.items()},
+                targets={column: values.numpy() for column, values in self._targets.items()},
+                stats=dataclasses.asdict(self.stats)))  # fmt: skip
+
+    def _restore(self, corpus: token_cache.TokenizedCorpus) -> None:
+        self.stats = ReadStats(**corpus.stats)
+        self._size = self.stats.read
+        self._check_bad_share()  # this run's max_bad_share
+        self._tokens = {column: {key: _Ragged(ids, torch.from_numpy(lengths)) for key, (ids, lengths) in fields.items()}
+                        for column, fields in corpus.tokens.items()}  # fmt: skip
+        self._targets = {column: torch.from_numpy(values) for column, values in corpus.targets.items()}
+
+    def _tokenize_files(self) -> None:
         # Tokenize a chunk at a time while reading: peak memory is one chunk of text, not the corpus.
         parts: dict[str, dict[str, list[_Ragged]]] = {column: {} for column in self.columns}
         targets: dict[str, list[Tensor]] = {column: [] for column in self.targets}
@@ -263,10 +300,10 @@ class TrainingData:
 
 
 class _Ragged:
-    """Rows of different lengths as one flat int32 tensor plus offsets: compact and index-friendly."""
+    """Rows of different lengths as one flat int32 array plus offsets: compact and index-friendly."""
 
-    def __init__(self, values: Tensor, lengths: Tensor):
-        self.values = values  # (total,) int32
+    def __init__(self, values: Tensor | np.ndarray, lengths: Tensor):
+        self.values = values  # (total,) int32: a tensor, or a memory-mapped array from the token cache
         self.lengths = lengths  # (N,)
         self.offsets = torch.cumsum(lengths, 0) - lengths  # (N,) where each row starts
 

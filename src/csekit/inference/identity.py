@@ -40,3 +40,20 @@ def check_same_model(saved: dict[str, Any], current: dict[str, Any], *, what: st
                           f"{saved.get('pooler', {}).get('name')}, digest {saved.get('digest')}) than "
                           f"{current['model']} (pooler {current['pooler']['name']}, digest {current['digest']}): "
                           "use that model, or build it again with this one")  # fmt: skip
+
+
+def tokenization_digest(encoder: SentenceEncoder, max_length: int) -> str:
+    """sha256 of what decides a text's token ids under ``encoder.tokenize``: the tokenizer's full definition
+    and truncation side, the pooler's settings (a prompt template wraps the text), the max length and the
+    fields, wherever the files live."""
+    tokenizer = encoder.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # less its truncation and padding: state the last call left (max_length covers them)
+        definition = json.dumps({key: value for key, value in json.loads(backend.to_str()).items()
+                                 if key not in ("truncation", "padding")}, sort_keys=True)  # fmt: skip
+    else:  # a slow tokenizer: its vocabulary and settings (file paths left out: they are not content)
+        settings = {key: value for key, value in tokenizer.init_kwargs.items() if not key.endswith("_file")}
+        definition = json.dumps([sorted(tokenizer.get_vocab().items()), settings], sort_keys=True, default=str)
+    record = {"tokenizer": type(tokenizer).__name__, "definition": definition, "truncation_side": tokenizer.truncation_side,
+              "pooler": saved_pooler(encoder), "max_length": max_length, "fields": encoder.model_input_names}  # fmt: skip
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()

@@ -72,6 +72,8 @@ class TrainConfig:
     """Count and skip malformed lines instead of stopping at the first one."""
     max_bad_share: float = 0.01
     """With skip_bad_lines, stop when more than this share of the lines is bad (a broken file, not a stray line)."""
+    token_cache: bool = True
+    """Keep the tokenized corpus on disk ($CSEKIT_TOKEN_CACHE, else ~/.cache/csekit/tokens): the next run reads it back."""
     embedding_files: dict[str, str] = field(default_factory=dict)
     """Precomputed embeddings per training example, ``{name: file.npy}``: a batch carries them as ``embeddings``."""
     # --- optimisation

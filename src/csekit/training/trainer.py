@@ -30,6 +30,7 @@ from csekit.data.batches import TrainingData
 from csekit.distributed import get_rank, get_world_size, init_distributed
 from csekit.errors import CsekitError, Interrupted
 from csekit.evaluation import EvaluationSettings, Evaluator, build_evaluators, evaluate_all, flat_metrics
+from csekit.inference.identity import tokenization_digest
 from csekit.models import SentenceEncoder, load_encoder
 from csekit.objectives import Objective, RunContext, build_objective
 from csekit.training.checkpoint import TrainState, load_checkpoint, read_state, save_checkpoint
@@ -93,6 +94,7 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
         max_bad_share=config.max_bad_share,
         text_columns=objective.text_columns,
         embedding_files=config.embedding_files,
+        tokenization=tokenization_digest(encoder, config.max_length) if config.token_cache else None,
     )
     if rank == 0 and not config.streaming:
         print(f"training data: {data.stats.summary()}", file=sys.stderr)
