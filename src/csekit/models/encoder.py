@@ -34,6 +34,7 @@ from transformers.utils import logging as hf_logging
 from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError, CsekitNote
 from csekit.models.modules import MLPHead
+from csekit.models.packing import packed_forward
 from csekit.models.pooling import Pooler, build_pooler, check_pooler
 from csekit.models.saving import SavedHead, save_encoder
 
@@ -69,6 +70,7 @@ class SentenceEncoder(nn.Module):
         self.outputs = nn.ModuleList(outputs)
         self.max_length = max_length or _default_max_length(backbone, tokenizer)
         self.normalize = normalize
+        self.row_tokens: int | None = None  # set by pack(): the backbone runs on packed rows of this many tokens
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -170,6 +172,17 @@ class SentenceEncoder(nn.Module):
         self.outputs = nn.ModuleList([module.to(device) for module in modules])
         return self
 
+    def pack(self, row_tokens: int | None) -> SentenceEncoder:
+        """Run the backbone on sentences packed into rows of ``row_tokens`` (:mod:`csekit.models.packing`;
+        None: padded batches). Same embeddings; no compute spent on padding."""
+        if row_tokens is not None:
+            if self.pooler.needs_attentions:
+                raise CsekitError(f"pooler {self.pooler.name!r} reads attention maps, which packed rows do not give")
+            if row_tokens < 1:
+                raise CsekitError(f"row_tokens must be at least 1, got {row_tokens}")
+        self.row_tokens = row_tokens
+        return self
+
     @property
     def uses_head(self) -> bool:
         """Whether the head runs now: always in training, at inference only if it is kept."""
@@ -181,8 +194,12 @@ class SentenceEncoder(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
-        outputs = self.backbone(**inputs, output_hidden_states=self.pooler.needs_hidden_states,
-                                output_attentions=self.pooler.needs_attentions, return_dict=True)  # fmt: skip
+        if self.row_tokens:
+            outputs = packed_forward(self.backbone, inputs, row_tokens=self.row_tokens,
+                                     output_hidden_states=self.pooler.needs_hidden_states)  # fmt: skip
+        else:
+            outputs = self.backbone(**inputs, output_hidden_states=self.pooler.needs_hidden_states,
+                                    output_attentions=self.pooler.needs_attentions, return_dict=True)  # fmt: skip
         embeddings = self.pooler(outputs, inputs, self.backbone)  # (B, H)
         if self.uses_head:
             embeddings = self.head(embeddings)

@@ -99,6 +99,8 @@ class TrainConfig:
     """Seed for data order, dropout and initialisation."""
     precision: str = "auto"
     """auto (bf16 autocast on GPU, fp32 on CPU), fp32 or bf16."""
+    pack_rows: int | None = None
+    """Pack the sentences of a batch into rows of this many tokens (block-diagonal attention): no compute on padding."""
     compile: bool = False
     """torch.compile the backbone (inductor; the first steps pay the compilation, about a minute on a CPU)."""
     device: str | None = None

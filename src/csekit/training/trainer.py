@@ -79,6 +79,7 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
     output = Path(config.output_dir)
     _seed_everything(config.seed)
     encoder, objective = build_model(config, device)
+    encoder.pack(config.pack_rows)
     if config.compile:  # in place: the parameters keep their names, so saving and checkpoints are unchanged
         encoder.backbone.compile()
     torch.manual_seed(config.seed + rank)  # ranks draw different dropout masks after a shared init
