@@ -13,7 +13,9 @@ padded lengths, counted by ``torch.utils.flop_counter`` on a weightless (meta-de
 precision the trainers use (``--precision``: bf16 autocast on CUDA and fp32 on CPU by default; bf16 on a
 CPU with AVX-512 BF16 or AMX). Both trainers pad each batch to its longest
 sentence and shuffle with their own generators, so the padded lengths are those of the measured steps'
-batches in file order, the same for both methods.
+batches in file order, the same for both methods. With ``--pack-rows N`` a third row trains csekit with
+each batch's sentences packed into rows of N tokens (``pack_rows``): it computes fewer FLOPs than the
+padded batch the column counts, so its MFU is an effective one.
 
     python benchmarks/train_throughput.py                                  # CPU, bert-mini-mlm
     python benchmarks/train_throughput.py --device cuda --model bert-base-config --batch-sizes 64 512
@@ -56,7 +58,8 @@ def main() -> None:
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                         help="auto: bf16 autocast on CUDA, fp32 on CPU (both trainers)")
     parser.add_argument("--json", help="write the results here too")
-    parser.add_argument("--worker", choices=["csekit", "sentence-transformers"], help=argparse.SUPPRESS)
+    parser.add_argument("--pack-rows", type=int, help="also run csekit with its sentences packed into rows of N tokens")
+    parser.add_argument("--worker", choices=list(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -67,7 +70,7 @@ def main() -> None:
         model = materialise(args.model, Path(scratch))
         rows = []
         for batch_size in args.batch_sizes:
-            for method in ("sentence-transformers", "csekit"):
+            for method in ("sentence-transformers", "csekit", *(["csekit-packed"] if args.pack_rows else [])):
                 runs = [run_worker(method, model, batch_size, args) for _ in range(args.repeats)]
                 rows.append({
                     "method": method, "batch_size": batch_size,
@@ -152,7 +155,8 @@ def materialise(model: str, scratch: Path) -> str:
 def run_worker(method: str, model: str, batch_size: int, args) -> dict:
     command = [sys.executable, __file__, "--worker", method, "--model", model, "--data", args.data,
                "--batch-size", str(batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
-               "--device", args.device, "--precision", args.precision]  # fmt: skip
+               "--device", args.device, "--precision", args.precision,
+               *(["--pack-rows", str(args.pack_rows)] if args.pack_rows else [])]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
     if done.returncode != 0:
         raise SystemExit(f"{method} batch {batch_size} failed:\n{done.stderr[-3000:]}")
@@ -191,7 +195,7 @@ def csekit_worker(args) -> dict:
             model=args.model, objective="simcse", pooler="mean", train_files=[str(data)], max_length=32,
             batch_size=args.batch_size, learning_rate=3e-5, max_steps=total, eval_steps=0, save_steps=0,
             logging_steps=1, output_dir=str(Path(scratch) / "run"), device=args.device,
-            precision="bf16" if bf16(args) else "fp32",
+            precision="bf16" if bf16(args) else "fp32", pack_rows=args.pack_rows if args.worker == "csekit-packed" else None,
         )  # fmt: skip
         train(config)
         records = [json.loads(line) for line in (Path(scratch) / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -241,7 +245,7 @@ def st_worker(args) -> dict:
     return {"examples_per_s": args.steps * args.batch_size / seconds, "peak_memory_mb": peak_memory(args.device)}
 
 
-WORKERS = {"csekit": csekit_worker, "sentence-transformers": st_worker}
+WORKERS = {"csekit": csekit_worker, "csekit-packed": csekit_worker, "sentence-transformers": st_worker}
 
 if __name__ == "__main__":
     main()
