@@ -185,7 +185,10 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
                     saving = bool(save_steps) and state.step % save_steps == 0
                     if saving:
                         save_checkpoint(checkpoint_dir, **checkpoint, state=state)
-                    if stop.requested(device):
+                    # Under torchrun the ranks agree on a stop with an all-reduce that waits for the device:
+                    # asked only at logging steps, which wait for it anyway (a single process asks for free).
+                    asking = world_size == 1 or state.step % config.logging_steps == 0
+                    if asking and stop.requested(device):
                         if not saving:
                             save_checkpoint(checkpoint_dir, **checkpoint, state=state)
                         logger.close()
