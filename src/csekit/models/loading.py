@@ -17,6 +17,7 @@ from csekit.models.encoder import SentenceEncoder, check_model_reference
 from csekit.models.modules import AffineMap, MLPHead, dense_activation
 from csekit.models.pooling import POOLERS, Pooler, check_pooler
 from csekit.models.saving import CSEKIT_CONFIG
+from csekit.models.static import StaticEncoder, load_static
 
 #: Module kinds (the last part of ``type``) that make up a saved pooler after the Transformer; the
 #: last two are the input stand-ins that format 1 folders named.
@@ -26,13 +27,14 @@ _POOLING_KINDS = {"Pooling", "WeightedLayerPooling", "DittoPooling", "MaskTokenP
 def load_encoder(
     name_or_path: str | os.PathLike, *, pooler: str | None = None, max_length: int | None = None,
     pretrained_head: bool = True,
-) -> SentenceEncoder:  # fmt: skip
+) -> SentenceEncoder | StaticEncoder:  # fmt: skip
     """Load a sentence-transformers folder or a plain Hugging Face encoder (local folder or hub id).
 
     For a sentence-transformers model the saved pooler is used unless ``pooler`` overrides it; a plain
     encoder gets ``pooler`` or, by default, ``cls`` (SimCSE's default), whose head starts from the
     checkpoint's own pooler when ``pretrained_head`` (SimCSE's evaluation of a raw model) and fresh
-    otherwise (SimCSE's training).
+    otherwise (SimCSE's training). A ``StaticEmbedding`` folder is a :class:`StaticEncoder`, which has no
+    pooler to choose.
     """
     name_or_path = str(name_or_path)
     check_model_reference(name_or_path)
@@ -43,6 +45,11 @@ def load_encoder(
         return SentenceEncoder.from_pretrained(name_or_path, pooler=pooler or "cls", max_length=max_length,
                                                pretrained_head=pretrained_head)  # fmt: skip
     kinds = [_kind(module) for module in modules]
+    if kinds[0] == "StaticEmbedding":
+        if pooler is not None:
+            raise CsekitError(f"{name_or_path} is a static embedding model: a mean of token vectors, with no pooler "
+                              f"to choose (drop --pooler {pooler})")  # fmt: skip
+        return load_static(name_or_path, modules, max_length=max_length)
     after = [module for module, kind in zip(modules[1:], kinds[1:]) if kind not in _POOLING_KINDS]
     head, outputs, normalize = None, [], False
     for module in after:  # the head (dense + tanh), output maps (Dense), Normalize, in that order

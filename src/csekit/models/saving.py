@@ -67,7 +67,7 @@ def save_encoder(encoder: SentenceEncoder, path: str | os.PathLike, *, heads: Ma
         modules += [module.stock_module() for module in encoder.outputs]
         if encoder.normalize:
             modules.append(StockModule("Normalize"))
-        _write_modules(staging, modules)
+        write_modules(staging, modules)
         for name, head in (heads or {}).items():
             if (staging / name).exists():
                 raise CsekitError(f"a head cannot be saved as {name}/: the model's own files use that name")
@@ -117,7 +117,7 @@ def saved_pooler(encoder: SentenceEncoder) -> dict[str, Any]:
     return {"name": name, **encoder.pooler.config()}
 
 
-def _write_modules(folder: Path, modules: list[StockModule]) -> None:
+def write_modules(folder: Path, modules: list[StockModule]) -> None:
     entries = []
     for index, module in enumerate(modules):
         sub = "" if index == 0 else f"{index}_{module.kind}"  # the input module sits at the root
