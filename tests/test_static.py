@@ -9,7 +9,7 @@ import numpy as np
 import openai
 import pytest
 import torch
-from conftest import SENTENCES, tiny_tokenizer
+from conftest import SENTENCES, tiny_tokenizer, write_recipe
 from sentence_transformers import SentenceTransformer
 from test_serve import running
 from transformers import AutoTokenizer
@@ -118,3 +118,16 @@ def test_the_server_embeds_as_encode_does(tmp_path):
         response = client.embeddings.create(model="static", input=texts, encoding_format="float")
     served = np.array([item.embedding for item in response.data], dtype=np.float32)
     assert np.abs(served - model.encode(texts)).max() < 1e-5
+
+
+def test_commands_that_need_a_transformer_refuse_a_static_model(tmp_path, capsys):
+    folder = tmp_path / "static"
+    random_static().save(folder)
+    commands = [["postprocess", str(folder), "--method", "ditto", "--output", str(tmp_path / "p")],
+                ["distill-static", "--teacher", str(folder), "--method", "model2vec", "--output", str(tmp_path / "d")],
+                ["train", str(write_recipe(tmp_path, folder, max_steps=1, output_dir=str(tmp_path / "run")))]]  # fmt: skip
+    for command in commands:
+        assert main(command) == 2
+        error = capsys.readouterr().err
+        assert "is a static embedding model (a table of token vectors, no transformer)" in error and error.count("\n") == 1
+    assert not (tmp_path / "p").exists() and not (tmp_path / "d").exists()

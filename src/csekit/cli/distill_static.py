@@ -22,7 +22,7 @@ from csekit.cli.arguments import positive_int
 from csekit.data.readers import read_examples
 from csekit.distributed import resolve_device
 from csekit.errors import CsekitError
-from csekit.models import load_encoder
+from csekit.models import load_transformer
 from csekit.models.saving import check_model_target
 from csekit.static import METHODS, FineTuneSettings, distill_static
 from csekit.static.contextual import DIM, PER_TOKEN, REMOVE
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     check_options(args)
     check_model_target(Path(args.output))  # an existing folder that is not a csekit model is never replaced
     sentences = read_corpus(args.corpus, max_sentences=args.max_sentences) if args.corpus else []
-    teacher = load_encoder(args.teacher).to(resolve_device(args.device))
+    teacher = load_transformer(args.teacher, purpose="a teacher").to(resolve_device(args.device))
     fine_tuning = None if args.no_fine_tune else FineTuneSettings()
     if fine_tuning is not None and args.steps is not None:
         fine_tuning = dataclasses.replace(fine_tuning, max_steps=args.steps)

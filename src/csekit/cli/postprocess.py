@@ -18,7 +18,7 @@ from pathlib import Path
 from csekit.cli.arguments import positive_int
 from csekit.distributed import resolve_device
 from csekit.errors import CsekitError
-from csekit.models import POOLERS, AffineMap, load_encoder
+from csekit.models import POOLERS, AffineMap, load_transformer
 from csekit.models.saving import check_model_target
 from csekit.postprocess import DittoPooler, read_fit_sentences, use_layers, whiten
 from csekit.postprocess.ditto import DEFAULT_HEAD, DEFAULT_LAYER
@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     check_model_target(Path(args.output))  # an existing folder that is not a csekit model is never replaced
     # Read the fitting file before the model loads, so a bad file fails in a second, not after a download.
     sentences = read_fit_sentences(args.fit_on, max_sentences=args.max_sentences) if args.fit_on else []
-    encoder = load_encoder(args.model, pooler=args.pooler).to(resolve_device(args.device))
+    encoder = load_transformer(args.model, purpose="post-processing", pooler=args.pooler).to(resolve_device(args.device))
     num_layers = encoder.backbone.config.num_hidden_layers
     if args.method == "whitening":
         if args.layers is not None:

@@ -80,6 +80,17 @@ def load_encoder(
     return encoder
 
 
+def load_transformer(name_or_path: str | os.PathLike, *, purpose: str, **options: Any) -> SentenceEncoder:
+    """:func:`load_encoder` for what needs the transformer itself (training, post-processing, distilling from
+    it): a static model, which has none, is refused naming ``purpose``, whatever the other options."""
+    check_model_reference(str(name_or_path))
+    modules = _read_modules(str(name_or_path))
+    if modules and _kind(modules[0]) == "StaticEmbedding":
+        raise CsekitError(f"{name_or_path} is a static embedding model (a table of token vectors, no transformer): "
+                          f"{purpose} needs a transformer encoder")  # fmt: skip
+    return load_encoder(name_or_path, **options)
+
+
 def load_input(
     name_or_path: str, modules: list[dict] | None = None, *, pooler: str | None = None,
     max_length: int | None = None, has_head: bool = False,

@@ -31,7 +31,7 @@ from csekit.distributed import get_rank, get_world_size, init_distributed
 from csekit.errors import CsekitError, Interrupted
 from csekit.evaluation import EvaluationSettings, Evaluator, build_evaluators, evaluate_all, flat_metrics
 from csekit.inference.identity import tokenization_digest
-from csekit.models import SentenceEncoder, load_encoder
+from csekit.models import SentenceEncoder, load_transformer
 from csekit.objectives import Objective, RunContext, build_objective
 from csekit.training.checkpoint import TrainState, load_checkpoint, read_state, save_checkpoint
 from csekit.training.config import TrainConfig, check_resumable
@@ -218,7 +218,8 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
 # ------------------------------------------------------------------------------------ pieces
 def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> tuple[SentenceEncoder, Objective]:
     """The encoder and objective of ``config``, in training mode on ``device``."""
-    encoder = load_encoder(config.model, pooler=config.pooler, pretrained_head=config.head_init == "pretrained").to(device)
+    encoder = load_transformer(config.model, purpose="training", pooler=config.pooler,
+                               pretrained_head=config.head_init == "pretrained").to(device)
     encoder.head_at_inference = not config.mlp_only_train
     if config.dropout is not None:
         set_dropout(encoder, config.dropout)
