@@ -97,13 +97,17 @@ def test_bad_static_folders_and_options_are_one_line_errors(tmp_path):
         StaticEncoder(static_tokenizer(tiny_tokenizer()), torch.zeros(10, 4))
 
 
-def test_encode_and_eval_commands_take_a_static_model(tmp_path, data_dir, capsys):
+def test_encode_index_search_and_eval_commands_take_a_static_model(tmp_path, data_dir, capsys):
     folder = tmp_path / "static"
     random_static().save(folder)
     (tmp_path / "in.txt").write_text("\n".join(TEXTS[:6]) + "\n", encoding="utf-8")
     assert main(["encode", str(folder), str(tmp_path / "in.txt"), "--output", str(tmp_path / "out.npy")]) == 0
     encoded = read_embeddings(tmp_path / "out.npy")
     assert np.abs(np.asarray(encoded.vectors) - load_encoder(folder).encode(TEXTS[:6])).max() < 1e-6
+    assert main(["index", str(tmp_path / "out.npy"), "--output", str(tmp_path / "index")]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "index"), TEXTS[2], "-k", "1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["hits"][0]["id"] == encoded.ids[2]
     assert main(["eval", str(folder), "--tasks", "stsb", "--data-dir", str(data_dir)]) == 0
     assert "pooler static" in capsys.readouterr().out
 
