@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from csekit.data.batches import TEXT, Batch
 from csekit.data.collate import concat_fields, pad_batch
 from csekit.errors import CsekitError
-from csekit.models import load_encoder
+from csekit.models import load_transformer
 from csekit.models.encoder import SentenceEncoder
 
 _ANOTHER_VOCABULARY = ("{role} {reference!r} has another vocabulary than the model being trained; it reads the "
@@ -53,7 +53,7 @@ class FrozenHelper(nn.Module):
         columns it embeds, None when it embeds token ids the objective builds (it must then share the
         student's vocabulary)."""
         if reference:
-            helper = load_encoder(reference).to(student.device)
+            helper = load_transformer(reference, purpose=f"the {role} helper").to(student.device)
         else:
             helper = copy.deepcopy(student)
             helper.head_at_inference = helper.head is not None
