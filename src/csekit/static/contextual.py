@@ -1,17 +1,17 @@
 """Static word embeddings from contextual ones (Wada et al. 2025, "Static Word Embeddings for Sentence Semantic
 Representation", EMNLP; reference code https://github.com/twadada/swe4semantics).
 
-1. **Contextual averages** (Sec. 3.1, ``extract_embs.py``): a token's vector is the teacher's last-layer
-   state at the token's position, averaged over the first N = 100 sentences of the corpus that contain it
-   (its first occurrence in each: ``identify_word_indices`` stops at the first match), each sentence
-   encoded whole with its special tokens.
-2. **Sentence-level PCA** (Sec. 3.2, ``apply_pca.py``): sentences (up to 100k) are embedded as the mean of
-   their tokens' vectors, punctuation left out; PCA over those sentence vectors; every token vector is
-   centred by the sentence mean and projected on principal components d+1 ... d+k (``-d_remove 7 -embd
-   256``): the top d carry what all sentences share (their common direction, which inflates every cosine),
-   and go.
-3. **Knowledge distillation** (Sec. 3.3, ``train.py``): the table is fine-tuned so that each batch's
-   in-batch cosine distribution (temperature 0.05, the diagonal left out) matches the teacher's
+1. **Contextual averages**, the paper's E(w) = (1/N) sum_i ST(w, z_i) (``extract_embs.py``): a token's
+   vector is the teacher's last-layer state at the token's position, averaged over the first N = 100
+   corpus sentences that contain it (its first occurrence in each: ``identify_word_indices`` stops at
+   the first match), each sentence encoded whole with its special tokens.
+2. **Sentence-level PCA** (All-but-the-Top over sentence vectors, ``apply_pca.py``): up to M = 100k
+   sentences are embedded as the mean of their tokens' vectors, punctuation left out; PCA over those
+   sentence vectors; every token vector is centred by the sentence mean and projected on principal
+   components d+1 ... d+k (``-d_remove 7 -embd 256``): the top d carry what all sentences share (a
+   common direction that inflates every cosine), and go.
+3. **Knowledge distillation** (``train.py``): the table is fine-tuned so that each batch's in-batch
+   cosine distribution (temperature 0.05, the diagonal left out) matches the teacher's
    (:func:`csekit.losses.similarity_kl`), see :mod:`csekit.static.finetune`.
 
 Departures, because a ``StaticEmbedding`` table is over the teacher's own tokenizer:

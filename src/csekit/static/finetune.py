@@ -1,4 +1,4 @@
-"""Fine-tuning a static table against its teacher (Wada et al. 2025, Sec. 3.3, Eq. 3; ``train.py``).
+"""Fine-tuning a static table against its teacher: Wada et al. 2025's knowledge distillation (``train.py``).
 
 For a batch of sentences, teacher and student each give an in-batch distribution over the other
 sentences, ``softmax_j(cos(e_i, e_j) / t)`` with t = 0.05 and the diagonal left out; the loss is the
