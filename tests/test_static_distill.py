@@ -20,6 +20,7 @@ from csekit.static.contextual import (
     remove_top_components,
     sentence_means,
 )
+from csekit.static.finetune import TableStep
 from csekit.static.model2vec import distill_model2vec, pca, sif_weights
 from csekit.static.vocabulary import model2vec_ids, skipped_ids
 
@@ -155,6 +156,32 @@ def test_fine_tuning_lowers_the_kl_keeps_the_best_table_and_zero_rows(teacher):
     losses = [similarity_kl(torch.from_numpy(student.encode([sentences[i] for i in chunk], normalize=False)),
                             torch.from_numpy(embeddings[chunk])).item() for chunk in [dev[:256]]]  # fmt: skip
     assert abs(losses[0] - record["best_dev_loss"]) < 1e-4
+
+
+def test_the_fused_masked_step_equals_the_plain_masked_student(teacher):
+    """Fused Adam with the frozen rows' gradient zeroed = plain Adam on the student whose frozen rows are
+    multiplied by zero in the forward pass (what the reference's absent rows amount to)."""
+    student, used, embeddings, _ = distill_contextual(teacher, CORPUS, dim=8, remove=2, per_token=5, batch_size=16)
+    frozen = skipped_ids(teacher.tokenizer)
+    settings = FineTuneSettings(learning_rate=1e-2, clip_norm=0.5)  # a clip that bites
+    plain = student.embedding.weight.detach().clone().requires_grad_(True)
+    rows = student.tokenize([CORPUS[i] for i in used])["input_ids"]
+    targets = torch.from_numpy(embeddings)
+    fast = TableStep(student, rows, targets, frozen=frozen, settings=settings)
+    optimizer = torch.optim.Adam([plain], lr=settings.learning_rate, foreach=False)
+    keep = torch.from_numpy(~frozen).float()[:, None]
+    batches = np.random.default_rng(0).permutation(len(used)).reshape(-1, 8)[:6]
+    for batch in batches:
+        fast(batch)
+        optimizer.zero_grad()
+        ids = [token for i in batch for token in rows[i]]
+        offsets = np.cumsum([0, *(len(rows[i]) for i in batch[:-1])])
+        embedded = torch.nn.functional.embedding_bag(torch.tensor(ids), plain * keep, torch.tensor(offsets), mode="sum")
+        similarity_kl(embedded, targets[batch]).backward()
+        torch.nn.utils.clip_grad_norm_([plain], settings.clip_norm)
+        optimizer.step()
+    assert np.abs(student.embedding.weight.detach().numpy() - plain.detach().numpy()).max() < 1e-5
+    assert not student.embedding.weight.detach()[torch.from_numpy(frozen)].any()
 
 
 @pytest.mark.parametrize("method", METHODS)

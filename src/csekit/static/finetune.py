@@ -10,8 +10,7 @@ from the training set), the table of the lowest dev loss kept, and a stop after 
 better one, or after 15 x 2,000 steps.
 
 As in the reference the student sums its token rows (``Net.encode``); the cosine is that of the mean the
-saved model computes. Rows held at zero (punctuation, special tokens) stay zero: they are masked out of
-the sum, so they get no gradient.
+saved model computes. Rows held at zero (punctuation, special tokens) stay zero: they get no gradient.
 """
 
 from __future__ import annotations
@@ -45,6 +44,34 @@ class FineTuneSettings:
 REFERENCE_SCHEDULE = FineTuneSettings()
 
 
+class TableStep:
+    """One optimiser step on a batch of sentence indices: Adam (fused: one pass over the table instead of
+    several) on the sum-of-rows student, the frozen rows' gradient zeroed before the norm is clipped, which
+    is the gradient of the student with those rows masked to zero (``tests`` check it against that plain
+    step)."""
+
+    def __init__(self, student: StaticEncoder, rows: Sequence[Sequence[int]], targets: Tensor, *, frozen: np.ndarray,
+                 settings: FineTuneSettings):  # fmt: skip
+        self.student, self.rows, self.targets, self.settings = student, rows, targets, settings
+        self.frozen = torch.as_tensor(np.flatnonzero(frozen), device=student.device)
+        self.optimizer = torch.optim.Adam([student.embedding.weight], lr=settings.learning_rate, fused=True)
+
+    def loss(self, batch: np.ndarray) -> Tensor:
+        input_ids, offsets = self.student.batch([self.rows[i] for i in batch])
+        embedded = nn.functional.embedding_bag(input_ids, self.student.embedding.weight, offsets, mode="sum")  # (B, D)
+        return similarity_kl(embedded, self.targets[batch].to(self.student.device), temperature=self.settings.temperature)
+
+    def __call__(self, batch: np.ndarray) -> float:
+        weight = self.student.embedding.weight
+        self.optimizer.zero_grad()
+        loss = self.loss(batch)
+        loss.backward()
+        weight.grad[self.frozen] = 0.0  # (V, D): zero rows stay zero (Adam moves nothing without a gradient)
+        nn.utils.clip_grad_norm_([weight], self.settings.clip_norm)
+        self.optimizer.step()
+        return loss.item()
+
+
 def fine_tune(student: StaticEncoder, sentences: Sequence[str], teacher_embeddings: np.ndarray, *, frozen: np.ndarray,
               settings: FineTuneSettings = REFERENCE_SCHEDULE) -> dict:  # fmt: skip
     """Fit ``student``'s table in place to the teacher's (N, Ht) embeddings of ``sentences``; rows ``frozen``
@@ -53,39 +80,28 @@ def fine_tune(student: StaticEncoder, sentences: Sequence[str], teacher_embeddin
         raise CsekitError(f"{len(sentences)} sentences but {len(teacher_embeddings)} teacher embeddings")
     order = np.random.default_rng(settings.seed).permutation(len(sentences))
     dev_size = min(settings.dev_size, len(sentences) // 10)
-    if dev_size < 2 or len(sentences) - dev_size < settings.batch_size:
-        raise CsekitError(f"fine-tuning needs a dev set and a batch of {settings.batch_size}: {len(sentences)} "
-                          "sentences are too few")  # fmt: skip
+    if dev_size < 2 or len(sentences) - dev_size < settings.batch_size or settings.max_steps < 1:
+        raise CsekitError(f"fine-tuning needs a dev set, a batch of {settings.batch_size} and a step: "
+                          f"{len(sentences)} sentences, {settings.max_steps} steps are too few")  # fmt: skip
     rows = student.tokenize(sentences)["input_ids"]
-    targets = torch.as_tensor(teacher_embeddings, dtype=torch.float32)  # (N, Ht)
+    step_on = TableStep(student, rows, torch.as_tensor(teacher_embeddings, dtype=torch.float32), frozen=frozen,
+                        settings=settings)  # fmt: skip
     dev, train = order[:dev_size], order[dev_size:]
-    keep = torch.as_tensor(~frozen, dtype=torch.float32, device=student.device)[:, None]  # (V, 1)
-
-    def loss_of(batch: np.ndarray) -> Tensor:
-        input_ids, offsets = student.batch([rows[i] for i in batch])
-        embedded = nn.functional.embedding_bag(input_ids, student.embedding.weight * keep, offsets, mode="sum")  # (B, D)
-        return similarity_kl(embedded, targets[batch].to(student.device), temperature=settings.temperature)
 
     def dev_loss() -> float:
         with torch.no_grad():
             chunks = [dev[i : i + settings.dev_batch_size] for i in range(0, len(dev), settings.dev_batch_size)]
-            return float(np.mean([loss_of(chunk).item() for chunk in chunks if len(chunk) > 1]))
+            return float(np.mean([step_on.loss(chunk).item() for chunk in chunks if len(chunk) > 1]))
 
-    optimizer = torch.optim.Adam([student.embedding.weight], lr=settings.learning_rate)
     rng = np.random.default_rng(settings.seed + 1)
     record = {"settings": asdict(settings), "train_sentences": len(train), "dev_sentences": len(dev),
               "initial_dev_loss": dev_loss(), "evaluations": []}  # fmt: skip
     best_loss, best_table, best_step, step, waited = float("inf"), None, 0, 0, 0
     while step < settings.max_steps and waited < settings.patience:
-        drawn = rng.permutation(train)[: settings.batch_size * settings.eval_every]
+        drawn = rng.permutation(train)[: settings.batch_size * settings.eval_every]  # a fresh draw per round
         losses = []
         for start in range(0, len(drawn) - settings.batch_size + 1, settings.batch_size):
-            optimizer.zero_grad()
-            loss = loss_of(drawn[start : start + settings.batch_size])
-            loss.backward()
-            nn.utils.clip_grad_norm_([student.embedding.weight], settings.clip_norm)
-            optimizer.step()
-            losses.append(loss.item())
+            losses.append(step_on(drawn[start : start + settings.batch_size]))
             step += 1
             if step == settings.max_steps:
                 break
