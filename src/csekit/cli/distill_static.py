@@ -31,7 +31,7 @@ from csekit.static.model2vec import SIF_COEFFICIENT
 #: Options that only one method reads: giving them to the other is a mistake worth saying.
 ONLY_FOR = {"corpus": "contextual", "remove": "contextual", "per_token": "contextual", "max_sentences": "contextual",
             "steps": "contextual", "no_fine_tune": "contextual", "sif": "model2vec"}  # fmt: skip
-CORPUS_HINT = "unlabelled text, one sentence a line (e.g. ../shared/data/train/unsup/*.txt)"
+CORPUS_HINT = "unlabelled text, one sentence a line (e.g. ../shared/data/train/unsup/wiki1m_for_simcse.first11914lines.txt)"
 
 
 def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
@@ -46,7 +46,7 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
     parser.add_argument("--max-sentences", type=positive_int, help="contextual: read the first N corpus sentences")
     parser.add_argument("--remove", type=int, help=f"contextual: top principal components removed (default {REMOVE})")
     parser.add_argument("--per-token", type=positive_int, help=f"contextual: sentences a token is averaged over (default {PER_TOKEN})")
-    parser.add_argument("--steps", type=positive_int, help="contextual: most fine-tuning steps (default 30000, early-stopped)")
+    parser.add_argument("--steps", type=positive_int, help=f"contextual: most fine-tuning steps (default {FineTuneSettings.max_steps}, early-stopped)")
     parser.add_argument("--no-fine-tune", action="store_true", default=None, help="contextual: stop after the PCA")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.set_defaults(run=run)
