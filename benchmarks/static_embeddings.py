@@ -1,6 +1,7 @@
 """Static embeddings distilled from all-MiniLM-L6-v2 against the teacher itself, one run on this CPU.
 
     python benchmarks/static_embeddings.py                       # the whole of ../shared/data/train/unsup
+    python benchmarks/static_embeddings.py --max-sentences 60000 --steps 2000 --speed-sentences 5000
     python benchmarks/static_embeddings.py --max-sentences 3000 --steps 20 --speed-sentences 500   # a smoke run
 
 Models, each distilled here from the same teacher:
@@ -56,7 +57,7 @@ def main() -> None:
     parser.add_argument("--teacher", default=str(SHARED / "models" / "all-MiniLM-L6-v2"))
     parser.add_argument("--corpus", default=str(SHARED / "data" / "train" / "unsup"), help="a folder of .txt files")
     parser.add_argument("--data-dir", default=str(SHARED / "data" / "senteval" / "downstream"))
-    parser.add_argument("--max-sentences", type=int, help="the first N corpus sentences only")
+    parser.add_argument("--max-sentences", type=int, help="N corpus sentences spread evenly over the files (default all)")
     parser.add_argument("--dim", type=int, default=256, help="table width of every static model")
     parser.add_argument("--remove", type=int, default=7, help="contextual: top sentence components removed")
     parser.add_argument("--tasks", default=",".join(TASKS), help="STS tasks (a smoke run may take one)")
@@ -70,7 +71,8 @@ def main() -> None:
 
     files = sorted(path for path in Path(args.corpus).glob("*.txt") if "COPYRIGHT" not in path.name)
     corpus = [line for path in files for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    corpus = corpus[: args.max_sentences]
+    if args.max_sentences and args.max_sentences < len(corpus):
+        corpus = corpus[:: -(-len(corpus) // args.max_sentences)]  # every k-th line, k rounded up: at most N
     speed_texts = corpus[:: max(1, len(corpus) // args.speed_sentences)][: args.speed_sentences]
     info = machine()
     print(f"machine: {describe(info)}; corpus {len(corpus)} sentences from {len(files)} files", flush=True)
@@ -174,7 +176,7 @@ def _markdown(result: dict) -> str:
         "# Static embeddings distilled from all-MiniLM-L6-v2",
         "",
         f"`{result['command']}` — {describe(result['machine'])}. Corpus for the contextual method: "
-        f"{result['corpus']['sentences']:,} sentences of `{result['corpus']['folder']}`. STS: csekit's STSEvaluator "
+        f"{result['corpus']['sentences']:,} sentences spread over `{result['corpus']['folder']}`. STS: csekit's STSEvaluator "
         f"on the seven test sets (Spearman ×100, what `csekit eval` prints); speed: encoding the same "
         f"{result['speed_sentences']:,} corpus sentences, median of {result['repeats']} runs, text to float32 vectors.",
         "",

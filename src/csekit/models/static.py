@@ -86,7 +86,9 @@ class StaticEncoder(nn.Module):
 
     def tokenize(self, texts: Sequence[str], *, max_length: int | None = None) -> dict[str, list[list[int]]]:
         limit = max_length or self.max_length
-        return {"input_ids": [encoding.ids[:limit] for encoding in self.tokenizer.encode_batch(list(texts))]}
+        # encode_batch_fast: the ids of encode_batch (what StaticEmbedding calls) without character offsets
+        encodings = self.tokenizer.encode_batch_fast(list(texts))
+        return {"input_ids": [encoding.ids[:limit] for encoding in encodings]}
 
     def batch(self, rows: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
         """Token id lists -> the (N,) ids end to end and the (B,) offsets :meth:`forward` takes."""
