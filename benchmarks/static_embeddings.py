@@ -67,7 +67,11 @@ def main() -> None:
     parser.add_argument("--keep", help="also save the distilled models under this folder")
     parser.add_argument("--json", default="benchmarks/results/static-embeddings.json")
     parser.add_argument("--md", default="benchmarks/results/static-embeddings.md")
+    parser.add_argument("--render", help="only write --md again from this results JSON")
     args = parser.parse_args()
+    if args.render:
+        Path(args.md).write_text(_markdown(json.loads(Path(args.render).read_text(encoding="utf-8"))), encoding="utf-8")
+        return
 
     files = sorted(path for path in Path(args.corpus).glob("*.txt") if "COPYRIGHT" not in path.name)
     corpus = [line for path in files for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -207,8 +211,36 @@ def _markdown(result: dict) -> str:
         "",
         "Distillation time (s): " + ", ".join(f"{name} {value:.0f}" for name, value in result["distill_seconds"].items()) + ".",
         "",
+        *_reading(result),
     ]
     return "\n".join(lines)
+
+
+def _reading(result: dict) -> list[str]:
+    """What the table says, in numbers taken from it."""
+    models, tuning = result["models"], result["fine_tuning"]
+    teacher, package = models["teacher all-MiniLM-L6-v2 (csekit)"], models["(a) model2vec, the model2vec package"]
+    model2vec, pca_only = models["(a) model2vec, csekit"], models["(b) contextual + sentence PCA"]
+    tuned = models["(b) contextual + PCA + fine-tuning"]
+    stopped = ("stopped early, its dev KL no better for 5 evaluations" if tuning["steps"] < tuning["settings"]["max_steps"]
+               else "cut by the step budget while its dev KL was still falling" if tuning["best_step"] == tuning["steps"]
+               else "at its step budget, the best dev KL before the end")  # fmt: skip
+    return [
+        "## Reading",
+        "",
+        f"- csekit's model2vec is the package's: the same STS average ({model2vec['sts']['avg']:.2f} and "
+        f"{package['sts']['avg']:.2f}) from tables equal to float32 rounding.",
+        f"- Wada et al.'s contextual vectors beat model2vec's by {pca_only['sts']['avg'] - model2vec['sts']['avg']:.2f} "
+        f"points before fine-tuning; fine-tuning on the teacher's in-batch similarities adds "
+        f"{tuned['sts']['avg'] - pca_only['sts']['avg']:.2f} more ({tuned['sts']['avg']:.2f}, "
+        f"{tuned['sts_vs_teacher']:.1%} of the teacher's {teacher['sts']['avg']:.2f}); the fine-tuning was {stopped}.",
+        f"- Every static model encodes {min(m['speed_vs_teacher'] for m in models.values() if m is not teacher):.0f}x "
+        f"or more the teacher's {teacher['sentences_per_s']:.0f} sentences/s on the same cores: tokenizing is most of "
+        "its time. The package's own `encode` (NumPy, no torch) is the fastest of them.",
+        f"- The machine was shared (load {result['machine']['load_1min']} at the start): speeds are this run's, "
+        "the ratios between rows are what to read.",
+        "",
+    ]
 
 
 if __name__ == "__main__":
