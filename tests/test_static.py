@@ -47,7 +47,7 @@ def test_encode_is_the_mean_of_each_texts_token_rows(normalize):
     model = random_static(normalize=normalize)
     expected = np.stack([naive_mean(model, text, normalize=normalize) for text in TEXTS])
     assert np.abs(model.encode(TEXTS, batch_size=3) - expected).max() < 1e-6
-    assert model.encode([]).shape == (0, 12)
+    assert model.encode([]).shape == model.embed_tokens([]).shape == (0, 12)
 
 
 def test_special_tokens_are_never_added_and_only_pad_and_unk_stay_special():

@@ -104,10 +104,12 @@ class StaticEncoder(nn.Module):
     @torch.inference_mode()
     def embed_tokens(self, rows: Sequence[dict[str, Sequence[int]]], *, normalize: bool | None = None) -> np.ndarray:
         normalize = self.normalize if normalize is None else normalize
+        if not rows:
+            return np.zeros((0, self.embedding_dim), dtype=np.float32)
         input_ids, offsets = self.batch([row["input_ids"] for row in rows])
         sums = nn.functional.embedding_bag(input_ids, self.embedding.weight, offsets, mode="sum").cpu().numpy()  # (B, D)
         # The rest in NumPy: torch's threads, woken for such small element-wise work, wait on the tokenizer's
-        # threads (measured: the whole encode twice as slow on 2 cores).
+        # threads (measured: encode 1.5x slower on 2 cores).
         lengths = np.array([max(len(row["input_ids"]), 1) for row in rows], dtype=np.float32)
         embeddings = sums / lengths[:, None]
         if normalize:
@@ -120,9 +122,9 @@ class StaticEncoder(nn.Module):
         if isinstance(texts, str):
             raise TypeError("encode() takes a list of texts; wrap a single string in a list")
         output = np.zeros((len(texts), self.embedding_dim), dtype=np.float32)
-        rows = self.inference_tokens(texts, max_length=max_length)
         for start in range(0, len(texts), batch_size):
-            output[start : start + batch_size] = self.embed_tokens(rows[start : start + batch_size], normalize=normalize)
+            rows = self.inference_tokens(texts[start : start + batch_size], max_length=max_length)
+            output[start : start + len(rows)] = self.embed_tokens(rows, normalize=normalize)
         return output
 
     # ------------------------------------------------------------------ facts
