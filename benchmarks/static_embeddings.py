@@ -130,7 +130,8 @@ def main() -> None:
         row["speed_vs_teacher"] = row["sentences_per_s"] / teacher_row["sentences_per_s"]
         if row["sts"]:
             row["sts_vs_teacher"] = row["sts"]["avg"] / teacher_row["sts"]["avg"]
-    result = {"machine": info, "command": " ".join(["python", *sys.argv]), "teacher": relative(args.teacher),
+    command = [arg for arg in sys.argv if arg != args.keep and arg != "--keep"]  # --keep only copies the models
+    result = {"machine": info, "command": " ".join(["python", *command]), "teacher": relative(args.teacher),
               "corpus": {"folder": relative(args.corpus), "files": [path.name for path in files], "sentences": len(corpus)},
               "speed_sentences": len(speed_texts), "repeats": args.repeats, "distill_seconds": seconds,
               "model2vec_agreement": agreement, "contextual": report,
