@@ -91,6 +91,12 @@ class Objective(nn.Module):
         """Trained modules saved with the model, by subfolder name (each has ``save(folder)``)."""
         return {}
 
+    def precomputed_embeddings(self) -> dict[str, tuple[FrozenHelper, str]]:
+        """``{name: (helper, column)}``: embedding columns the trainer may compute once per corpus (a frozen
+        teacher's embedding of a text column) and serve as ``batch["embeddings"][name]``; where a batch
+        lacks one, ``embed`` computes it from the batch itself."""
+        return {}
+
     # ------------------------------------------------------------------ frozen helpers
     def helpers(self) -> Iterator[tuple[str, FrozenHelper]]:
         """(module name, helper) of every frozen helper this objective holds, wrapped ones included."""
@@ -121,8 +127,8 @@ class Objective(nn.Module):
 class ObjectiveWrapper(Objective):
     """An objective that holds another and adds to it (an auxiliary loss, a Matryoshka sum).
 
-    Columns, views, sentence keys, targets, saved heads, gradient-cache support and both hooks are the inner objective's; a
-    wrapper overrides ``embed`` and ``loss`` and calls the inner ones.
+    Columns, views, sentence keys, targets, saved heads, precomputed embeddings, gradient-cache support and both
+    hooks are the inner objective's; a wrapper overrides ``embed`` and ``loss`` and calls the inner ones.
     """
 
     def __init__(self, inner: Objective):
@@ -163,6 +169,9 @@ class ObjectiveWrapper(Objective):
 
     def saved_heads(self) -> dict[str, nn.Module]:
         return self.inner.saved_heads()
+
+    def precomputed_embeddings(self) -> dict[str, tuple[FrozenHelper, str]]:
+        return self.inner.precomputed_embeddings()
 
     @property
     def wrapped(self) -> Objective:

@@ -48,11 +48,11 @@ from torch import Tensor
 
 from csekit.augment.repetition import repeat_tokens
 from csekit.data.collate import concat_fields
-from csekit.distributed import all_gather_with_grad, get_world_size
 from csekit.errors import CsekitError
 from csekit.losses import info_nce
 from csekit.models.encoder import SentenceEncoder
 from csekit.objectives.base import Batch, Embeddings, Objective, RunContext
+from csekit.objectives.queue import gather_in_batch_order
 
 
 class ESimCSE(Objective):
@@ -125,7 +125,7 @@ class ESimCSE(Objective):
         for name, parameter in self.momentum_encoder.backbone.named_parameters():
             parameter.mul_(self.momentum).add_(online[name].detach(), alpha=1.0 - self.momentum)
         if self._staged:
-            self.enqueue(_gather_in_batch_order(self._staged))
+            self.enqueue(gather_in_batch_order(self._staged))
             self._staged = []
 
     @torch.no_grad()
@@ -137,13 +137,3 @@ class ESimCSE(Objective):
         self.queue[: kept.shape[0]] = kept
         self.queue_length.fill_(kept.shape[0])
 
-
-def _gather_in_batch_order(staged: list[Tensor]) -> Tensor:
-    """k micro-batches of (B, H) keys on each of W ranks -> (k * W * B, H): micro-batch by micro-batch,
-    ranks in order within each, the row order one process with the W x B batches would have."""
-    if get_world_size() == 1:
-        return torch.cat(staged)  # (k * B, H)
-    stacked = torch.stack(staged)  # (k, B, H): ranks hold equal batches
-    gathered = all_gather_with_grad(stacked)  # (W * k, B, H), rank order
-    per_rank = gathered.view(get_world_size(), *stacked.shape)  # (W, k, B, H)
-    return per_rank.transpose(0, 1).reshape(-1, stacked.shape[-1])  # (k * W * B, H)

@@ -85,7 +85,11 @@ class FrozenHelper(nn.Module):
         if missing:
             raise CsekitError(f"{self.role} {self.reference!r} has its own tokenizer and needs the raw text of "
                               f"column(s) {', '.join(missing)}, which this batch does not carry")  # fmt: skip
-        sentences = [text for column in columns for text in texts[column]]
+        return self.embed_texts([text for column in columns for text in texts[column]])
+
+    @torch.no_grad()
+    def embed_texts(self, sentences: list[str]) -> Tensor:
+        """(N, H') embeddings of raw texts through the helper's own tokenizer (its own max length)."""
         tokens = self.module.tokenize(sentences)
         padded = pad_batch([{key: ids[i] for key, ids in tokens.items()} for i in range(len(sentences))],
                            self.module.pad_token_id)  # fmt: skip
