@@ -58,6 +58,9 @@ def batch_for(objective: Objective, encoder) -> dict:
         batch[column] = pad_batch([{k: ids[k][i] for k in ids} for i in range(len(texts))], 0)
     if objective.targets:
         batch["targets"] = {column: TARGETS[column] for column in objective.targets}
+    if objective.text_columns:  # a helper with a tokenizer of its own (a teacher) reads the raw text
+        batch["text"] = {column: TEXTS[shift:] + TEXTS[:shift]
+                         for shift, column in enumerate(objective.columns) if column in objective.text_columns}  # fmt: skip
     return batch
 
 

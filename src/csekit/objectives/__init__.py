@@ -9,12 +9,15 @@ from csekit.errors import CsekitError
 from csekit.models.encoder import SentenceEncoder
 from csekit.objectives.angle import AnglE
 from csekit.objectives.base import Batch, Embeddings, Objective, ObjectiveWrapper, RunContext
+from csekit.objectives.ckd import ContrastiveDistillation
 from csekit.objectives.clear import CLEAR
 from csekit.objectives.consert import ConSERT
 from csekit.objectives.cosent import CoSENT
 from csekit.objectives.dclr import DCLR
 from csekit.objectives.debcse import DebCSE
 from csekit.objectives.diffcse import DiffCSE
+from csekit.objectives.distill_kl import SimilarityDistillation
+from csekit.objectives.distill_mse import MSEDistillation
 from csekit.objectives.esimcse import ESimCSE
 from csekit.objectives.frozen import FrozenHelper
 from csekit.objectives.gcse import GCSE
@@ -42,6 +45,9 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "cosent": CoSENT,
     "angle": AnglE,
     "gte": GTE,
+    "distill_mse": MSEDistillation,
+    "ckd": ContrastiveDistillation,
+    "distill_kl": SimilarityDistillation,
 }
 #: Recipe name (``wrappers:``) -> wrapper class, applied in the order a recipe lists them.
 WRAPPERS: dict[str, type[ObjectiveWrapper]] = {
