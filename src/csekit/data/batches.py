@@ -138,6 +138,17 @@ class TrainingData:
         global_size = batch_size * world_size
         return self._size // global_size if drop_last else -(-self._size // global_size)
 
+    def texts(self, column: str) -> list[str]:
+        """Every example's text of ``column``, in the order the examples are read (a column of
+        ``text_columns``, in memory)."""
+        if column not in self._texts:
+            raise ValueError(f"column {column!r} is not among the text_columns {self.text_columns} held in memory")
+        return self._texts[column]
+
+    def add_embeddings(self, name: str, path: str | os.PathLike) -> None:
+        """Serve the rows of the .npy file ``path`` as ``batch["embeddings"][name]`` (as ``embedding_files``)."""
+        self._embeddings[name] = _embedding_rows(path, self._size)
+
     # ------------------------------------------------------------------ batches
     def batches(
         self,

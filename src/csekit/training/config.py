@@ -31,7 +31,7 @@ HEAD_INITS = ("fresh", "pretrained")
 #: Keys a resumed run may change: they steer when things happen, not what is trained (a changed max_steps
 #: or epochs recomputes the linear decay for the new total from the step reached).
 RESUMABLE_CHANGES = frozenset({"max_steps", "epochs", "eval_steps", "save_steps", "logging_steps", "tensorboard",
-                               "data_dir", "device", "skip_bad_lines", "max_bad_share"})  # fmt: skip
+                               "data_dir", "device", "skip_bad_lines", "max_bad_share", "teacher_cache"})  # fmt: skip
 #: Recipe keys of earlier versions -> where they live now.
 MOVED_KEYS = {
     "temperature": "options.temperature",
@@ -76,6 +76,8 @@ class TrainConfig:
     """Keep the tokenized corpus on disk ($CSEKIT_TOKEN_CACHE, else ~/.cache/csekit/tokens): the next run reads it back."""
     embedding_files: dict[str, str] = field(default_factory=dict)
     """Precomputed embeddings per training example, ``{name: file.npy}``: a batch carries them as ``embeddings``."""
+    teacher_cache: str | None = None
+    """Folder of cached teacher embeddings (distillation objectives; default $CSEKIT_TEACHER_CACHE, else ~/.cache/csekit/teacher-embeddings)."""
     # --- optimisation
     batch_size: int = 64
     """Examples per optimizer step on each device (times gradient_accumulation)."""

@@ -41,6 +41,7 @@ from csekit.training.metrics_log import MetricsLog
 from csekit.training.prefetch import prefetched
 from csekit.training.run_folder import RunLock, check_output, claim, tidy
 from csekit.training.stop import StopRequests
+from csekit.training.teacher_embeddings import precompute_teacher_embeddings
 
 
 @dataclass
@@ -99,6 +100,7 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
     )
     if rank == 0 and not config.streaming:
         print(f"training data: {data.stats.summary()}", file=sys.stderr)
+    precompute_teacher_embeddings(objective, data, folder=config.teacher_cache, given=list(config.embedding_files))
     batches_per_epoch = data.num_batches(config.batch_size, drop_last=True, world_size=world_size)
     total_steps = _total_steps(config, batches_per_epoch)
     parameters = _unique_trainable(encoder, objective)
