@@ -14,7 +14,9 @@ not trained again: an interrupted ladder continues where it stopped, a killed ru
 checkpoint (its sent/s then covers the resumed part only, and is left out if nothing was left to
 train). Runs of recipes not named this time stay in the file. ``--include`` adds the rows of earlier ladders (e.g. a SimCSE baseline trained
 with the same budget, or a recipe trained with other ``--set`` options, labelled:
-``--include "best pair=consert-best.json"``) to the table.
+``--include "best pair=consert-best.json"``) to the table. ``--evaluate NAME=MODEL`` scores a trained model
+as it is, with the same evaluation and no training (a distillation teacher), as a row of its own, kept in
+the JSON like the runs.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def main() -> None:
     parser.add_argument("--json")
     parser.add_argument("--include", nargs="*", default=[], metavar="[LABEL=]JSON",
                         help="earlier ladders to show first; LABEL marks their rows, e.g. other options")  # fmt: skip
+    parser.add_argument("--evaluate", nargs="*", default=[], metavar="NAME=MODEL",
+                        help="models scored as they are (no training), e.g. a distillation teacher")  # fmt: skip
     args = parser.parse_args()
 
     evaluator = None
@@ -56,6 +60,18 @@ def main() -> None:
         saved = json.loads(Path(args.json).read_text())
         if saved.get("overrides") == args.overrides:
             done = saved["runs"]
+    for entry in args.evaluate:
+        name, _, model = entry.partition("=")
+        if done.get(name):
+            rows[name] = done[name]
+            continue
+        start = time.perf_counter()
+        evaluator = evaluator or STSEvaluator(TASKS, data_dir=TrainConfig.from_yaml(args.recipes[0]).data_dir)
+        metrics = evaluator.evaluate(load_encoder(model))
+        rows[name] = [{"seed": None, "model": model, "best_dev": None, "best_step": None, "steps": 0,
+                       "examples_per_s": None, "minutes": (time.perf_counter() - start) / 60,
+                       "sts": {task: metrics[task] for task in (*TASKS, "avg")}}]  # fmt: skip
+        print(f"{name}: STS avg {metrics['avg']:.2f} (evaluated as it is)", flush=True)
     for recipe in args.recipes:
         name = Path(recipe).stem
         for seed in args.seeds:
@@ -99,11 +115,12 @@ def main() -> None:
         means = [statistics.mean(r["sts"][t] for r in runs) for t in TASKS]
         averages = [r["sts"]["avg"] for r in runs]
         spread = statistics.stdev(averages) if len(averages) > 1 else 0.0
-        dev = statistics.mean(r["best_dev"] for r in runs)
+        devs = [r["best_dev"] for r in runs if r["best_dev"] is not None]  # none for a model scored as it is
+        dev = f"{statistics.mean(devs):.2f}" if devs else ""
         speeds = [r["examples_per_s"] for r in runs if r["examples_per_s"]]  # None: resumed after its last step
-        speed = statistics.median(speeds) if speeds else float("nan")
-        print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means)
-              + f" | {statistics.mean(averages):.2f} ± {spread:.2f} | {dev:.2f} | {speed:.1f} |")  # fmt: skip
+        speed = f"{statistics.median(speeds):.1f}" if speeds else ("" if not devs else "nan")
+        average = f"{statistics.mean(averages):.2f}" + (f" ± {spread:.2f}" if devs else "")  # no seeds: no spread
+        print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means) + f" | {average} | {dev} | {speed} |")
     if args.json:
         _write_json(args.json, args.seeds, args.overrides, _merged(done, rows))
 
