@@ -11,7 +11,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import final_weights, make_tiny_encoder, train_single_and_two_ranks, write_recipe
+from conftest import (
+    assert_grad_cache_matches_plain_step,
+    final_weights,
+    make_tiny_encoder,
+    train_single_and_two_ranks,
+    write_recipe,
+)
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 
@@ -211,6 +217,14 @@ def test_ckd_queue_is_a_fifo_of_teacher_embeddings_entering_after_their_own_step
     objective.after_micro_batch({"student": student, "teacher": teacher + 100})  # evaluation stages nothing
     objective.after_step(encoder)
     assert objective.queue.contents()[:, 0].tolist() == list(range(6, 16))
+
+
+def test_ckd_gradient_cache_with_a_queue_equals_the_plain_step(wide_teacher):
+    student = make_tiny_encoder("mean", hidden_dropout_prob=0.1).train()
+    objective = build_objective("ckd", student, options={"teacher": wide_teacher, "queue_size": 16}).train()
+    objective.queue.enqueue(torch.randn(11, 48))
+    batch = {"sent0": tokens(student, TEXTS), TEXT: {"sent0": TEXTS}}
+    assert_grad_cache_matches_plain_step(objective, student, batch)
 
 
 def test_ckd_two_processes_train_like_one_process_with_the_whole_batch(tmp_path):
