@@ -16,7 +16,8 @@ train). Runs of recipes not named this time stay in the file. ``--include`` adds
 with the same budget, or a recipe trained with other ``--set`` options, labelled:
 ``--include "best pair=consert-best.json"``) to the table. ``--evaluate NAME=MODEL`` scores a trained model
 as it is, with the same evaluation and no training (a distillation teacher), as a row of its own, kept in
-the JSON like the runs.
+the JSON like the runs. ``--no-train`` prints the table of the runs the JSON holds for the recipes and
+seeds named, training nothing (recipes run over different seeds, in one table).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def main() -> None:
                         help="earlier ladders to show first; LABEL marks their rows, e.g. other options")  # fmt: skip
     parser.add_argument("--evaluate", nargs="*", default=[], metavar="NAME=MODEL",
                         help="models scored as they are (no training), e.g. a distillation teacher")  # fmt: skip
+    parser.add_argument("--no-train", action="store_true", help="only print the runs the JSON already holds")
     args = parser.parse_args()
 
     evaluator = None
@@ -78,6 +80,8 @@ def main() -> None:
             previous = [run for run in done.get(name, []) if run["seed"] == seed]
             if previous:
                 rows.setdefault(name, []).append(previous[0])
+                continue
+            if args.no_train:
                 continue
             output = Path(args.runs_dir) / f"{name}-seed{seed}"
             config = TrainConfig.from_yaml(recipe, [*args.overrides, f"seed={seed}", f"output_dir={output}"])
