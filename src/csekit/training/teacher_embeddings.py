@@ -11,8 +11,6 @@ in memory: the objective then embeds each batch's text with the teacher as it tr
 
 from __future__ import annotations
 
-import hashlib
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,7 +22,7 @@ from tqdm.auto import tqdm
 from csekit.data.batches import TrainingData
 from csekit.data.teacher_cache import cached_embeddings
 from csekit.distributed import get_rank, get_world_size
-from csekit.inference.identity import model_identity
+from csekit.inference.identity import model_identity, tokenization_digest
 from csekit.objectives import FrozenHelper, Objective
 from csekit.objectives.teacher import teacher_output
 
@@ -57,13 +55,11 @@ def precompute_teacher_embeddings(objective: Objective, data: TrainingData, *, f
 
 def teacher_identity(teacher: FrozenHelper) -> dict:
     """What decides the teacher's output, wherever its files live: weights, pooler, dim, normalisation, max
-    length (:func:`~csekit.inference.identity.model_identity`) and its tokenizer's full definition."""
+    length (:func:`~csekit.inference.identity.model_identity`) and how it tokenizes (its tokenizer's full
+    definition, :func:`~csekit.inference.identity.tokenization_digest`)."""
     identity = model_identity(teacher.module, "")
     del identity["model"]  # a name, not content
-    tokenizer = teacher.module.tokenizer
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    definition = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    identity["tokenizer"] = hashlib.sha256(f"{type(tokenizer).__name__}:{definition}".encode()).hexdigest()[:32]
+    identity["tokenization"] = tokenization_digest(teacher.module, teacher.module.max_length)
     return identity
 
 
