@@ -157,6 +157,20 @@ def similarity_kl(student: Tensor, teacher: Tensor, *, temperature: float = 0.05
     return terms.masked_fill(self_pairs, 0.0).sum(dim=-1).mean()
 
 
+def feature_kl(student: Tensor, teacher: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """KL divergence from the teacher's softmax over each embedding's features to the student's, mean over rows.
+
+    ``mean_i KL(softmax(teacher_i / t) || softmax(student_i / t))`` (PyTorch's ``kl_div`` with "batchmean"),
+    the self-distillation term of 2D Matryoshka and Starbucks training (a shallow layer's embedding against
+    the last layer's). The teacher's side carries no gradient, whatever was passed.
+
+    student, teacher: (B, H), one width.
+    """
+    student_log_p = F.log_softmax(student / temperature, dim=-1)  # (B, H)
+    teacher_p = F.softmax(teacher.detach() / temperature, dim=-1)  # (B, H)
+    return F.kl_div(student_log_p, teacher_p, reduction="batchmean")
+
+
 # ------------------------------------------------------------------ labelled pairs
 def cosine_regression(first: Tensor, second: Tensor, scores: Tensor) -> Tensor:
     """Sentence-BERT's regression objective (Reimers & Gurevych 2019, Sec. 3): the mean squared error of

@@ -9,6 +9,8 @@
   ``head_at_inference=False`` it is used only while training (SimCSE's ``mlp_only_train``, the setting of
   unsupervised SimCSE) and dropped when the model is saved;
 - output modules are fitted or learned maps after the head (BERT-whitening's :class:`AffineMap`);
+- ``truncate_dim`` keeps a prefix of each embedding (a Matryoshka model used smaller, :mod:`csekit.models.depth`),
+  after the output modules and before ``normalize``;
 - ``normalize`` makes ``encode`` return unit rows (a saved ``Normalize`` module).
 
 The stages change only through :meth:`SentenceEncoder.set_pooler`, :meth:`set_head` and
@@ -33,6 +35,7 @@ from transformers.utils import logging as hf_logging
 
 from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError, CsekitNote
+from csekit.models.depth import LayerTap, check_dim, cut_backbone, outputs_at_layer
 from csekit.models.modules import MLPHead
 from csekit.models.packing import packed_forward
 from csekit.models.pooling import Pooler, build_pooler, check_pooler
@@ -71,6 +74,8 @@ class SentenceEncoder(nn.Module):
         self.max_length = max_length or _default_max_length(backbone, tokenizer)
         self.normalize = normalize
         self.row_tokens: int | None = None  # set by pack(): the backbone runs on packed rows of this many tokens
+        self.truncate_dim: int | None = None
+        self.layer_tap: LayerTap | None = None  # set only while an objective trains shallower layers
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -183,6 +188,22 @@ class SentenceEncoder(nn.Module):
         self.row_tokens = row_tokens
         return self
 
+    def truncate(self, dim: int | None) -> SentenceEncoder:
+        """Keep the first ``dim`` numbers of each embedding from now on (None: all of them)."""
+        self.truncate_dim = None
+        if dim is not None:
+            self.truncate_dim = check_dim(dim, self.embedding_dim)
+        return self
+
+    def keep_layers(self, layers: int) -> SentenceEncoder:
+        """Cut the backbone to its first ``layers`` transformer blocks (in place; saved so)."""
+        cut_backbone(self.backbone, layers)
+        return self
+
+    @property
+    def num_layers(self) -> int:
+        return self.backbone.config.num_hidden_layers
+
     @property
     def uses_head(self) -> bool:
         """Whether the head runs now: always in training, at inference only if it is kept."""
@@ -194,17 +215,29 @@ class SentenceEncoder(nn.Module):
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             inputs["token_type_ids"] = token_type_ids
+        tap = self.layer_tap
+        if tap is not None and tap.replaying is not None:
+            return tap.replay()  # (B, H) of a shallower layer, recorded in the same pass
+        hidden_states = self.pooler.needs_hidden_states or tap is not None
         if self.row_tokens:
             outputs = packed_forward(self.backbone, inputs, row_tokens=self.row_tokens,
-                                     output_hidden_states=self.pooler.needs_hidden_states)  # fmt: skip
+                                     output_hidden_states=hidden_states)  # fmt: skip
         else:
-            outputs = self.backbone(**inputs, output_hidden_states=self.pooler.needs_hidden_states,
+            outputs = self.backbone(**inputs, output_hidden_states=hidden_states,
                                     output_attentions=self.pooler.needs_attentions, return_dict=True)  # fmt: skip
+        if tap is not None:
+            tap.record({layer: self.pool(outputs_at_layer(outputs, layer), inputs) for layer in tap.layers})
+        return self.pool(outputs, inputs)
+
+    def pool(self, outputs, inputs: dict[str, Tensor]) -> Tensor:
+        """The backbone's outputs -> (B, H) embeddings: pooler, head, output modules, prefix."""
         embeddings = self.pooler(outputs, inputs, self.backbone)  # (B, H)
         if self.uses_head:
             embeddings = self.head(embeddings)
         for module in self.outputs:
             embeddings = module(embeddings)  # (B, H) -> (B, k)
+        if self.truncate_dim is not None:
+            embeddings = embeddings[:, : self.truncate_dim]  # (B, d)
         return embeddings
 
     def tokenize(self, texts: Sequence[str], *, max_length: int | None = None) -> dict[str, list[list[int]]]:
@@ -279,6 +312,11 @@ class SentenceEncoder(nn.Module):
 
     @property
     def embedding_dim(self) -> int:
+        return self.truncate_dim or self.full_dim
+
+    @property
+    def full_dim(self) -> int:
+        """The width before any truncation."""
         dim = self.backbone.config.hidden_size
         for module in self.outputs:
             dim = getattr(module, "out_features", dim)

@@ -26,9 +26,13 @@ _POOLING_KINDS = {"Pooling", "WeightedLayerPooling", "DittoPooling", "MaskTokenP
 
 def load_encoder(
     name_or_path: str | os.PathLike, *, pooler: str | None = None, max_length: int | None = None,
-    pretrained_head: bool = True,
+    pretrained_head: bool = True, truncate_dim: int | None = None, layers: int | None = None,
 ) -> SentenceEncoder | StaticEncoder:  # fmt: skip
     """Load a sentence-transformers folder or a plain Hugging Face encoder (local folder or hub id).
+
+    ``truncate_dim`` keeps a prefix of each embedding (default: the saved ``truncate_dim``, else all of it;
+    ``.truncate(None)`` on the result gives the full width back); ``layers`` cuts the backbone to its first k transformer blocks
+    (a 2D Matryoshka model used shallower). Both are checked against the model (one-line errors naming the range).
 
     For a sentence-transformers model the saved pooler is used unless ``pooler`` overrides it; a plain
     encoder gets ``pooler`` or, by default, ``cls`` (SimCSE's default), whose head starts from the
@@ -36,7 +40,19 @@ def load_encoder(
     otherwise (SimCSE's training). A ``StaticEmbedding`` folder is a :class:`StaticEncoder`, which has no
     pooler to choose.
     """
-    name_or_path = str(name_or_path)
+    encoder = _load(str(name_or_path), pooler=pooler, max_length=max_length, pretrained_head=pretrained_head)
+    if isinstance(encoder, StaticEncoder) and (layers is not None or truncate_dim is not None):
+        raise CsekitError(f"{name_or_path} is a static embedding model: a prefix or a layer count applies to "
+                          "transformer encoders")  # fmt: skip
+    if layers is not None:
+        encoder.keep_layers(layers)
+    if truncate_dim is not None:
+        encoder.truncate(truncate_dim)
+    return encoder
+
+
+def _load(name_or_path: str, *, pooler: str | None, max_length: int | None,
+          pretrained_head: bool) -> SentenceEncoder | StaticEncoder:  # fmt: skip
     check_model_reference(name_or_path)
     if pooler is not None:
         check_pooler(pooler)
@@ -77,7 +93,8 @@ def load_encoder(
         encoder.set_head(head, at_inference=True)
     encoder.set_outputs(outputs)
     encoder.normalize = normalize
-    return encoder
+    st_config = _read_json(name_or_path, "config_sentence_transformers.json") or {}
+    return encoder.truncate(_saved_config(name_or_path).get("truncate_dim") or st_config.get("truncate_dim"))
 
 
 def load_transformer(name_or_path: str | os.PathLike, *, purpose: str, **options: Any) -> SentenceEncoder:
@@ -134,7 +151,7 @@ def _saved_config(name_or_path: str) -> dict[str, Any]:
             pooler = dict(token_pooler)
         else:
             pooler = {"name": pooler, **(saved.get("prompt") or {})}
-    return {"pooler": pooler, "max_length": saved.get("max_length")} if pooler else saved
+    return {**saved, "pooler": pooler} if pooler else saved
 
 
 def _infer_pooler(name_or_path: str, kinds: dict[str, dict], *, has_head: bool) -> str:

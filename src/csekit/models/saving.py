@@ -6,7 +6,9 @@ A saved folder is a sequence of modules, each written by the stage that computes
     config.json, model.safetensors,   the backbone and tokenizer, at the folder's root
     tokenizer files, sentence_bert_config.json
     N_<Kind>/                         each further module's config.json (and model.safetensors)
-    csekit_config.json                the pooler's name and settings, so csekit reloads it exactly
+    csekit_config.json                the pooler's name and settings, so csekit reloads it exactly, and the
+                                      prefix a Matryoshka model is used at (``truncate_dim``, which
+                                      config_sentence_transformers.json carries for sentence-transformers)
     <head>/                           heads an objective trained with the model, outside the module
                                       sequence (Sentence-BERT's ``pair_classifier/``); each saves itself
 
@@ -101,8 +103,12 @@ def write_input(encoder: SentenceEncoder, folder: Path) -> list[StockModule]:
         config.output_hidden_states = previous_flag
     encoder.tokenizer.save_pretrained(folder)
     _write_json(folder / "sentence_bert_config.json", {"max_seq_length": encoder.max_length, "do_lower_case": False})
-    _write_json(folder / "config_sentence_transformers.json", {"similarity_fn_name": "cosine"})
-    _write_json(folder / CSEKIT_CONFIG, {"format": FORMAT, "pooler": saved_pooler(encoder), "max_length": encoder.max_length})
+    # sentence-transformers truncates after its last module: with a Normalize module its rows are then
+    # shorter than 1 (encode(normalize_embeddings=True) renormalises them, as csekit does); cosines agree.
+    truncation = {"truncate_dim": encoder.truncate_dim} if encoder.truncate_dim is not None else {}
+    _write_json(folder / "config_sentence_transformers.json", {"similarity_fn_name": "cosine", **truncation})
+    _write_json(folder / CSEKIT_CONFIG, {"format": FORMAT, "pooler": saved_pooler(encoder), "max_length": encoder.max_length,
+                                         "num_layers": config.num_hidden_layers, **truncation})  # fmt: skip
     if stock is None:
         return [StockModule("", type=INPUT_MODULE)]
     return [StockModule("Transformer"), *stock]

@@ -22,11 +22,14 @@ from csekit.objectives.esimcse import ESimCSE
 from csekit.objectives.frozen import FrozenHelper
 from csekit.objectives.gcse import GCSE
 from csekit.objectives.gte import GTE
+from csekit.objectives.matryoshka import Matryoshka
+from csekit.objectives.matryoshka2d import Matryoshka2d
 from csekit.objectives.mlm import MaskedLMAuxiliary
 from csekit.objectives.options import check_options
 from csekit.objectives.promptbert import PromptBERT
 from csekit.objectives.sbert import SBERTClassification, SBERTRegression
 from csekit.objectives.simcse import SupervisedSimCSE, UnsupervisedSimCSE
+from csekit.objectives.starbucks import Starbucks
 
 #: CLI name -> objective class.
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -52,6 +55,9 @@ OBJECTIVES: dict[str, type[Objective]] = {
 #: Recipe name (``wrappers:``) -> wrapper class, applied in the order a recipe lists them.
 WRAPPERS: dict[str, type[ObjectiveWrapper]] = {
     "mlm": MaskedLMAuxiliary,
+    "matryoshka": Matryoshka,
+    "matryoshka2d": Matryoshka2d,
+    "starbucks": Starbucks,
 }
 
 

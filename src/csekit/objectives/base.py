@@ -71,6 +71,9 @@ class Objective(nn.Module):
     targets: ClassVar[tuple[str, ...]] = ()
     #: Whether every term depends on the batch only through ``embed``'s output (gradient cache needs it).
     supports_grad_cache: ClassVar[bool] = True
+    #: Whether ``loss`` takes the sentence keys cut to a prefix of their width (Matryoshka); a classifier
+    #: over the full width (Sentence-BERT's) or a queue of full-width keys (ESimCSE's) does not.
+    truncatable: ClassVar[bool] = True
 
     def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
         raise NotImplementedError
@@ -127,8 +130,8 @@ class Objective(nn.Module):
 class ObjectiveWrapper(Objective):
     """An objective that holds another and adds to it (an auxiliary loss, a Matryoshka sum).
 
-    Columns, views, sentence keys, targets, saved heads, precomputed embeddings, gradient-cache support and both
-    hooks are the inner objective's; a wrapper overrides ``embed`` and ``loss`` and calls the inner ones.
+    Columns, views, sentence keys, targets, saved heads, precomputed embeddings, gradient-cache and truncation
+    support and both hooks are the inner objective's; a wrapper overrides ``embed`` and ``loss`` and calls the inner ones.
     """
 
     def __init__(self, inner: Objective):
@@ -154,6 +157,10 @@ class ObjectiveWrapper(Objective):
     @property
     def supports_grad_cache(self) -> bool:  # type: ignore[override]
         return self.inner.supports_grad_cache
+
+    @property
+    def truncatable(self) -> bool:  # type: ignore[override]
+        return self.inner.truncatable
 
     def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
         return self.inner.embed(encoder, batch)

@@ -59,6 +59,7 @@ class ESimCSE(Objective):
     columns: ClassVar[tuple[str, ...]] = ("sent0",)
     views: ClassVar[tuple[str, ...]] = ("sent0", "sent0")
     sentence_keys: ClassVar[tuple[str, ...]] = ("anchors", "positives")
+    truncatable = False  # the queue holds full-width keys of earlier batches
 
     def __init__(self, encoder: SentenceEncoder, context: RunContext, *, temperature: float = 0.05,
                  dup_rate: float = 0.32, queue_ratio: float = 2.5, momentum: float = 0.995):  # fmt: skip

@@ -29,6 +29,7 @@ from csekit.objectives.pairs import PairEmbeddings
 
 class SBERTClassification(PairEmbeddings, Objective):
     targets: ClassVar[tuple[str, ...]] = (LABEL,)
+    truncatable = False  # the classifier reads (u, v, |u - v|) at the full width
 
     def __init__(self, encoder: SentenceEncoder, context: RunContext, *,
                  features: tuple[str, ...] = ("u", "v", "|u-v|")):  # fmt: skip
