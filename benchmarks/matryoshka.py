@@ -1,6 +1,6 @@
 """STS against embedding width and depth: Matryoshka, 2D Matryoshka and Starbucks against plain training.
 
-    python benchmarks/matryoshka.py --seeds 1 2 3 --json benchmarks/results/matryoshka.json
+    python benchmarks/matryoshka.py --seeds 1 2 3 --depth-seeds 1 --json benchmarks/results/matryoshka.json
 
 Trains each recipe (default: cosent-cpu.yaml and the same recipe under each wrapper) from the raw BERT-mini
 for each seed, as benchmarks/ladder.py does (best checkpoint on STS-B dev, full width, last layer), then
@@ -34,6 +34,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", nargs="+", default=RECIPES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
+    parser.add_argument("--depth-seeds", nargs="+", type=int, default=None,
+                        help="seeds of the recipes that train shallower layers (default: --seeds)")  # fmt: skip
     parser.add_argument("--dims", nargs="+", type=int, default=[256, 128, 64, 32, 16])
     parser.add_argument("--layers", nargs="+", type=int, default=[4, 3, 2, 1], help="depths to score (layers kept)")
     parser.add_argument("--runs-dir", default="runs/matryoshka")
@@ -43,10 +45,12 @@ def main() -> None:
     saved = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
     runs: dict[str, dict[str, dict]] = saved.get("runs", {})
     evaluator = None
+    depth_seeds = args.seeds if args.depth_seeds is None else args.depth_seeds
     for seed in args.seeds:  # seeds outermost: every method has seed 1 before any has seed 2
         for recipe in args.recipes:
             name = Path(recipe).stem
-            if str(seed) in runs.get(name, {}):
+            trains_depth = bool(TrainConfig.from_yaml(recipe).wrappers.keys() & {"matryoshka2d", "starbucks"})
+            if str(seed) in runs.get(name, {}) or (trains_depth and seed not in depth_seeds):
                 continue
             output = Path(args.runs_dir) / f"{name}-seed{seed}"
             config = TrainConfig.from_yaml(recipe, [f"seed={seed}", f"output_dir={output}"])

@@ -49,7 +49,8 @@ def run_groups(args: argparse.Namespace, groups: dict[str, list[str]], evaluator
     for name, paths in groups.items():
         evaluated[name] = []
         for path in paths:
-            encoder = load_encoder(path, pooler=args.pooler).to(resolve_device(args.device))
+            encoder = load_encoder(path, pooler=args.pooler, truncate_dim=args.dim, layers=args.layers)
+            encoder = encoder.to(resolve_device(args.device))
             model = evaluate_model(path, encoder, evaluators, pooler=encoder.pooler.name, batch_size=args.batch_size)
             evaluated[name].append(model)
             print(f"{name}: {path}  seed {model.seed if model.seed is not None else '?'}  pooler {model.pooler}")

@@ -2,6 +2,7 @@
 
     evaluators = build_evaluators("sts,align_uniform", EvaluationSettings(data_dir=...))
     results = evaluate_all(model, evaluators)        # {"sts": {...}, "align_uniform": {...}}
+    by_width = evaluate_prefixes(model, evaluators, [256, 64])   # {256: results, 64: results}, one pass
     flat_metrics(results)["sts/avg"]
 
 A new family is a file with an :class:`~csekit.evaluation.base.Evaluator` subclass and a line in
@@ -10,7 +11,9 @@ A new family is a file with an :class:`~csekit.evaluation.base.Evaluator` subcla
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from csekit.errors import CsekitError
 from csekit.evaluation.alignment_uniformity import AlignmentUniformityEvaluator
@@ -59,6 +62,25 @@ def evaluate_all(model: Encoder, evaluators: Mapping[str, Evaluator], *, batch_s
     return {family: evaluator.score(tables[family]) for family, evaluator in evaluators.items()}
 
 
+def evaluate_prefixes(model: Encoder, evaluators: Mapping[str, Evaluator], dims: Sequence[int], *,
+                      batch_size: int = 128) -> dict[int, dict[str, dict]]:  # fmt: skip
+    """Width -> each family's metrics on the first ``width`` numbers of each embedding, from ONE encoding
+    pass (a Matryoshka model's prefixes; renormalised where the model normalises its rows)."""
+    tables = shared_tables(model, evaluators, batch_size=batch_size)
+    results = {}
+    for dim in dims:
+        prefixes = {family: table[:, :dim] for family, table in tables.items()}  # (S, dim) each
+        if getattr(model, "normalize", False):
+            prefixes = {family: _unit_rows(prefix) for family, prefix in prefixes.items()}
+        results[dim] = {family: evaluator.score(prefixes[family]) for family, evaluator in evaluators.items()}
+    return results
+
+
+def _unit_rows(table: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(table, axis=1, keepdims=True)  # (S, 1)
+    return table / np.maximum(norms, 1e-12)
+
+
 def shared_tables(model: Encoder, evaluators: Mapping[str, Evaluator], *, batch_size: int = 128) -> dict:
     """Family -> embeddings of its evaluator's ``sentences`` (row i: sentence i), from one encoding pass."""
     texts = sorted({text for evaluator in evaluators.values() for text in evaluator.sentences})
@@ -72,5 +94,5 @@ def flat_metrics(results: Mapping[str, Mapping[str, float]]) -> dict[str, float]
     return {f"{family}/{key}": value for family, metrics in results.items() for key, value in metrics.items()}
 
 
-__all__ = ["EVALUATORS", "EvaluationSettings", "Evaluator", "build_evaluators", "evaluate_all", "flat_metrics",
-           "shared_tables", "split_tasks"]  # fmt: skip
+__all__ = ["EVALUATORS", "EvaluationSettings", "Evaluator", "build_evaluators", "evaluate_all", "evaluate_prefixes",
+           "flat_metrics", "shared_tables", "split_tasks"]  # fmt: skip
