@@ -157,6 +157,41 @@ def test_the_mlm_wrapper_composes_with_every_objective_and_the_gradient_cache(na
         assert_grad_cache_matches_plain_step(objective, encoder, batch)
 
 
+#: The wrappers that train prefixes (and shallower layers) on the tiny 2-layer, 32-wide encoder, every width and
+#: layer each step.
+PREFIX_WRAPPERS = {
+    "matryoshka": {"dims": [32, 16, 8]},
+    "matryoshka2d": {"dims": [32, 16, 8], "layers_per_step": 0, "dims_per_step": 0},
+    "starbucks": {"pairs": [[1, 16], [2, 32], [2, 8]]},
+}
+
+
+@pytest.mark.parametrize("wrapper", sorted(PREFIX_WRAPPERS))
+@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+def test_the_prefix_wrappers_compose_with_every_objective_and_the_gradient_cache(name, wrapper):
+    encoder = make_tiny_encoder(CONTRACT_POOLERS.get(name, "cls"), hidden_dropout_prob=0.1).train()
+    build = {"options": CONTRACT_OPTIONS.get(name), "wrappers": {wrapper: PREFIX_WRAPPERS[wrapper]}}
+    if not OBJECTIVES[name].truncatable:  # its loss reads the full width: refused in one line
+        with pytest.raises(CsekitError, match="needs the full embedding width"):
+            build_objective(name, encoder, **build)
+        return
+    objective = build_objective(name, encoder, **build).train()
+    assert (objective.columns, objective.views, objective.sentence_keys) == (
+        objective.inner.columns, objective.inner.views, objective.inner.sentence_keys)
+    batch = batch_for(objective, encoder)
+    terms = objective(encoder, batch)
+    inner_terms = set(objective.inner(encoder, batch))
+    assert terms and all(value.ndim == 0 and torch.isfinite(value) for value in terms.values())
+    assert {term.split("@")[0] for term in terms} - {"kl"} == inner_terms  # every inner term, at each size
+    sum(terms.values()).backward()
+    assert all(p.grad is not None for p in encoder.backbone.encoder.parameters())
+    embeddings = objective.embed(encoder, batch)
+    assert all(value.shape[0] == len(TEXTS) for value in embeddings.values())  # rows follow the batch
+    if objective.supports_grad_cache:
+        encoder.zero_grad()
+        assert_grad_cache_matches_plain_step(objective, encoder, batch)
+
+
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
 def test_frozen_helpers_stay_frozen_and_out_of_the_checkpoint_state(name):
     encoder = make_tiny_encoder(CONTRACT_POOLERS.get(name, "cls"), hidden_dropout_prob=0.1)

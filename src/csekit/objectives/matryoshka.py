@@ -50,7 +50,8 @@ class Matryoshka(ObjectiveWrapper):
 
 def check_truncatable(inner: Objective, owner: str) -> None:
     if not inner.truncatable:
-        raise CsekitError(f"{owner}: {type(inner.wrapped).__name__}'s loss needs the full embedding width and cannot "
+        method = inner.wrapped if isinstance(inner, ObjectiveWrapper) else inner
+        raise CsekitError(f"{owner}: {type(method).__name__}'s loss needs the full embedding width and cannot "
                           "be trained on prefixes")  # fmt: skip
 
 
