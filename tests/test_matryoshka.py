@@ -162,7 +162,8 @@ def test_starbucks_default_pairs_halve_the_width_per_layer_down():
 
 
 def test_the_layer_replay_repeats_the_inner_objectives_random_draws():
-    """DCLR draws its noise and SimCSE its dropout masks: the replayed layer sees the recorded pass's draws."""
+    """SimCSE's views are its dropout masks: the layer embeddings come from the recorded pass's masks, and the
+    RNG leaves the wrapper where the plain embed leaves it."""
     encoder = make_tiny_encoder("cls", num_hidden_layers=3, hidden_dropout_prob=0.1).train()
     objective = build_objective("simcse", encoder, wrappers={"matryoshka2d": {"dims": DIMS, "layers": [2]}})
     batch = batch_for(objective, encoder)

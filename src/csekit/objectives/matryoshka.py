@@ -12,6 +12,10 @@ with the keys the objective declares as its sentence embeddings (``sentence_keys
 other keys (a frozen model's embeddings, token counts) are passed as they are. Each width's terms are
 logged as ``<term>@<dim>`` and the trainer minimises their sum.
 
+As in sentence-transformers, a term that does not read the sentence embeddings (DiffCSE's replaced-token
+detection, an inner MLM wrapper's term) is counted once per width; list ``mlm`` after ``matryoshka`` in a
+recipe's ``wrappers`` to add it once.
+
 Departures: sentence-transformers also L2-normalises the cut embeddings; csekit's losses compare cosines
 (they normalise themselves), so cutting alone gives the same loss, and a loss that reads raw embeddings sees
 the raw prefix, as the paper defines it. ``dims`` defaults to the full width and its halves down to 8 (the
