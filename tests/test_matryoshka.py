@@ -219,3 +219,54 @@ def test_normalised_prefixes_give_the_inner_loss_sentence_transformers_computes(
     first, second = pair_embeddings(encoder, batch)
     normalised = cosent(F.normalize(first[:, :8], dim=-1), F.normalize(second[:, :8], dim=-1), batch["targets"]["score"])
     assert objective(encoder, batch)["cosent@8"].item() == pytest.approx(normalised.item(), rel=1e-6)
+
+
+@pytest.fixture
+def st_pairs(tmp_path):
+    """A dropout-free tiny 3-layer model in csekit and, from its saved folder, in sentence-transformers, with
+    scored pairs for both."""
+    from sentence_transformers import SentenceTransformer
+
+    encoder = make_tiny_encoder("mean", num_hidden_layers=3, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    encoder.save(tmp_path / "model")
+    model = SentenceTransformer(str(tmp_path / "model"), device="cpu")
+    first = ["a man plays the guitar .", "two dogs run .", "the market fell today .", "she slices an onion ."]
+    second = ["a man plays music .", "dogs are running .", "stocks dropped .", "a woman cuts an onion ."]
+    scores = torch.tensor([0.9, 0.7, 0.5, 0.2])
+    batch = {"sent0": _padded(encoder, first), "sent1": _padded(encoder, second), "targets": {"score": scores}}
+    return encoder, batch, model, [model.preprocess(first), model.preprocess(second)], scores
+
+
+def _padded(encoder, texts):
+    from csekit.data.collate import pad_batch
+
+    ids = encoder.tokenize(texts)
+    return pad_batch([{key: ids[key][i] for key in ids} for i in range(len(texts))], encoder.pad_token_id)
+
+
+def test_matryoshka_equals_sentence_transformers_matryoshka_loss(st_pairs):
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss, MatryoshkaLoss
+
+    encoder, batch, model, features, scores = st_pairs
+    reference = MatryoshkaLoss(model, CoSENTLoss(model), [32, 16, 8], matryoshka_weights=[1.0, 0.5, 2.0])(features, scores)
+    ours = build_objective("cosent", encoder, wrappers={"matryoshka": {"dims": [32, 16, 8], "weights": [1.0, 0.5, 2.0]}})
+    assert sum(ours(encoder, batch).values()).item() == pytest.approx(reference.item(), rel=1e-5)
+
+
+def test_matryoshka2d_equals_sentence_transformers_matryoshka2d_loss_at_a_drawn_layer(st_pairs):
+    """sentence-transformers draws its layer with Python's random (index 0 would be the embedding output, which
+    csekit does not train): seeded to draw layer 2, it computes what csekit's wrapper at layer 2 does."""
+    import random
+
+    from sentence_transformers.sentence_transformer.losses import CoSENTLoss, Matryoshka2dLoss
+
+    encoder, batch, model, features, scores = st_pairs
+    settings = {"last_layer_weight": 1.5, "prior_layers_weight": 0.7, "kl_temperature": 0.3}
+    reference_loss = Matryoshka2dLoss(model, CoSENTLoss(model), [32, 16, 8], n_layers_per_step=1, n_dims_per_step=-1,
+                                      kl_div_weight=2.0, layer_weighting="linear", **settings)  # fmt: skip
+    seed = next(s for s in range(100) if (random.seed(s), random.sample(range(3), 1))[1] == [2])
+    random.seed(seed)
+    reference = reference_loss(features, scores)
+    ours = build_objective("cosent", encoder, wrappers={"matryoshka2d": {
+        "dims": [32, 16, 8], "layers": [2], "dims_per_step": 0, "kl_weight": 2.0, "layer_weighting": "linear", **settings}})  # fmt: skip
+    assert sum(ours(encoder, batch).values()).item() == pytest.approx(reference.item(), rel=1e-5)
