@@ -1,9 +1,9 @@
 """STS against embedding width and depth: Matryoshka, 2D Matryoshka and Starbucks against plain training.
 
-    python benchmarks/matryoshka.py --seeds 1 2 3 --depth-seeds 1 --json benchmarks/results/matryoshka.json
+    python benchmarks/matryoshka.py --set pooler=mean --seeds 1 2 3 --json benchmarks/results/matryoshka.json
 
 Trains each recipe (default: cosent-cpu.yaml and the same recipe under each wrapper) from the raw BERT-mini
-for each seed, as benchmarks/ladder.py does (best checkpoint on STS-B dev, full width, last layer), then
+for each seed (``--set`` overrides every recipe's keys alike: ``pooler=mean``), as benchmarks/ladder.py does (best checkpoint on STS-B dev, full width, last layer), then
 scores that checkpoint on the seven STS test sets at every (layers kept, width): one encoding pass per depth
 (the backbone cut to k layers, as ``load_encoder(path, layers=k)`` loads it), every width read off that one
 table (cosine ignores the norm, so a cut prefix needs no renormalising here). A run whose folder already
@@ -38,12 +38,13 @@ def main() -> None:
                         help="seeds of the recipes that train shallower layers (default: --seeds)")  # fmt: skip
     parser.add_argument("--dims", nargs="+", type=int, default=[256, 128, 64, 32, 16])
     parser.add_argument("--layers", nargs="+", type=int, default=[4, 3, 2, 1], help="depths to score (layers kept)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for every recipe")
     parser.add_argument("--runs-dir", default="runs/matryoshka")
     parser.add_argument("--json", default="benchmarks/results/matryoshka.json")
     args = parser.parse_args()
 
     saved = json.loads(Path(args.json).read_text()) if Path(args.json).is_file() else {}
-    runs: dict[str, dict[str, dict]] = saved.get("runs", {})
+    runs: dict[str, dict[str, dict]] = saved.get("runs", {}) if saved.get("overrides", []) == args.overrides else {}
     evaluator = None
     depth_seeds = args.seeds if args.depth_seeds is None else args.depth_seeds
     for seed in args.seeds:  # seeds outermost: every method has seed 1 before any has seed 2
@@ -52,8 +53,9 @@ def main() -> None:
             trains_depth = bool(TrainConfig.from_yaml(recipe).wrappers.keys() & {"matryoshka2d", "starbucks"})
             if str(seed) in runs.get(name, {}) or (trains_depth and seed not in depth_seeds):
                 continue
-            output = Path(args.runs_dir) / f"{name}-seed{seed}"
-            config = TrainConfig.from_yaml(recipe, [f"seed={seed}", f"output_dir={output}"])
+            tag = "".join(f"-{override.split('=', 1)[-1]}" for override in args.overrides)  # runs of other overrides apart
+            output = Path(args.runs_dir) / f"{name}{tag}-seed{seed}"
+            config = TrainConfig.from_yaml(recipe, [*args.overrides, f"seed={seed}", f"output_dir={output}"])
             start = time.perf_counter()
             result = None
             if not (output / "best").is_dir():
@@ -66,7 +68,8 @@ def main() -> None:
                 "train_minutes": round(minutes, 2) if result else None, "sts_avg": scores}  # fmt: skip
             full = scores[str(max(args.layers))][str(max(args.dims))]
             print(f"{name} seed {seed}: STS avg {full:.2f} at full size, {minutes:.1f} min", flush=True)
-            write(args.json, {"machine": machine(), "dims": args.dims, "layers": args.layers, "runs": runs})
+            write(args.json, {"machine": machine(), "overrides": args.overrides, "dims": args.dims, "layers": args.layers,
+                              "runs": runs})  # fmt: skip
     print(table(runs, args.dims, args.layers))
 
 
@@ -86,14 +89,19 @@ def mean_std(values: list[float]) -> str:
 
 
 def table(runs: dict, dims: list[int], layers: list[int]) -> str:
-    """Rows (layers kept, width); a column per recipe: mean ± std over its seeds."""
+    """Two markdown tables: STS against width at full depth, then at every (layers kept, width); a column
+    per recipe, mean ± std over its seeds."""
     names = list(runs)
-    lines = ["| layers | dim | " + " | ".join(f"{name} (n={len(runs[name])})" for name in names) + " |",
-             "| ---: | ---: |" + " ---: |" * len(names)]  # fmt: skip
-    for depth in layers:
-        for dim in dims:
-            cells = [mean_std([run["sts_avg"][str(depth)][str(dim)] for run in runs[name].values()]) for name in names]
-            lines.append(f"| {depth} | {dim} | " + " | ".join(cells) + " |")
+    header = " | ".join(f"{name} (n={len(runs[name])})" for name in names)
+
+    def cells(depth: int, dim: int) -> str:
+        return " | ".join(mean_std([run["sts_avg"][str(depth)][str(dim)] for run in runs[name].values()]) for name in names)
+
+    full = max(layers)
+    lines = [f"STS against width, all {full} layers", "", f"| dim | {header} |", "| ---: |" + " ---: |" * len(names)]
+    lines += [f"| {dim} | {cells(full, dim)} |" for dim in dims]
+    lines += ["", "STS at (layers kept, width)", "", f"| layers | dim | {header} |", "| ---: | ---: |" + " ---: |" * len(names)]
+    lines += [f"| {depth} | {dim} | {cells(depth, dim)} |" for depth in layers for dim in dims]
     return "\n".join(lines)
 
 
