@@ -91,12 +91,12 @@ def run(args: argparse.Namespace) -> int:
     results = evaluate_all(encoder, evaluators, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
     setting = f"mode {args.mode}" + (f"  transfer {args.transfer_mode}" if "transfer" in evaluators else "")
-    size = (f"  dim {encoder.truncate_dim}" if encoder.truncate_dim else "") + (f"  layers {args.layers}" if args.layers else "")
+    size = (f"  dim {encoder.truncate_dim}" if getattr(encoder, "truncate_dim", None) else "") + (f"  layers {args.layers}" if args.layers else "")
     print(f"model {model}  pooler {encoder.pooler.name}{size}  {setting}  ({seconds:.1f} s)")
     print("\n\n".join(evaluator.format_table(results[family]) for family, evaluator in evaluators.items()))
     if args.json_path:
         settings = {"tasks": args.tasks, "mode": args.mode, "transfer_mode": args.transfer_mode,
-                    "dim": encoder.embedding_dim, "layers": encoder.num_layers}
+                    "dim": encoder.embedding_dim, "layers": getattr(encoder, "num_layers", None)}
         EvaluationRecord(model, encoder.pooler.name, results, settings, seconds).write(args.json_path)
     return 0
 
@@ -120,12 +120,13 @@ def parse_dims(spec: str, width: int) -> list[int]:
 
 def run_widths(args: argparse.Namespace, model: str, encoder, evaluators: dict[str, Evaluator]) -> int:
     """One encoding pass at the full width; a row of every family's summary metrics per prefix."""
-    encoder.truncate(None)  # the prefixes are cut from the full embeddings, whatever the saved default
+    if hasattr(encoder, "truncate"):  # a static model has no saved prefix
+        encoder.truncate(None)  # the prefixes are cut from the full embeddings, whatever the saved default
     dims = parse_dims(args.dims, encoder.embedding_dim)
     start = time.perf_counter()
     results = evaluate_prefixes(encoder, evaluators, dims, batch_size=args.batch_size)
     seconds = time.perf_counter() - start
-    depth = f"  layers {encoder.num_layers}"
+    depth = f"  layers {encoder.num_layers}" if hasattr(encoder, "num_layers") else ""
     print(f"model {model}  pooler {encoder.pooler.name}{depth}  mode {args.mode}  one encoding pass ({seconds:.1f} s)")
     columns = [(family, key, title, decimals) for family, evaluator in evaluators.items()
                for key, title, decimals in evaluator.summary_rows()]  # fmt: skip
@@ -135,7 +136,7 @@ def run_widths(args: argparse.Namespace, model: str, encoder, evaluators: dict[s
         lines.append(f"{dim:>5}" + "".join(f" {metrics[family][key]:8.{decimals}f}" for family, key, _, decimals in columns))
     print("\n".join(lines))
     if args.json_path:
-        record = {"model": model, "pooler": encoder.pooler.name, "layers": encoder.num_layers, "mode": args.mode,
+        record = {"model": model, "pooler": encoder.pooler.name, "layers": getattr(encoder, "num_layers", None), "mode": args.mode,
                   "tasks": args.tasks, "dims": {str(dim): metrics for dim, metrics in results.items()}}  # fmt: skip
         write_text(Path(args.json_path), json.dumps(record, indent=2) + "\n")
     return 0
