@@ -43,6 +43,7 @@ from csekit.objectives.teacher import TeacherEmbeddings
 
 
 class ContrastiveDistillation(TeacherEmbeddings, Objective):
+    truncatable = False  # the projection onto the teacher reads the full width
     def __init__(self, encoder: SentenceEncoder, context: RunContext, *, teacher: str = "", queue_size: int = 65536,
                  scale: float = math.e, learnable_scale: bool = True):  # fmt: skip
         super().__init__()

@@ -41,6 +41,7 @@ PARALLEL_COLUMNS = ("source", "translation")
 
 
 class MSEDistillation(TeacherEmbeddings, Objective):
+    truncatable = False  # the projection onto the teacher reads the full width
     def __init__(self, encoder: SentenceEncoder, context: RunContext, *, teacher: str = "", parallel: bool = False):
         super().__init__()
         self.parallel = parallel
