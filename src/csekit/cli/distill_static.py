@@ -18,7 +18,7 @@ import itertools
 import json
 from pathlib import Path
 
-from csekit.cli.arguments import positive_int
+from csekit.cli.arguments import positive_int, refuse_other_methods_options
 from csekit.data.readers import read_examples
 from csekit.distributed import resolve_device
 from csekit.errors import CsekitError
@@ -53,9 +53,7 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
 
 
 def check_options(args: argparse.Namespace) -> None:
-    for option, method in ONLY_FOR.items():
-        if getattr(args, option) is not None and args.method != method:
-            raise CsekitError(f"--{option.replace('_', '-')} is a {method} option, not a {args.method} one")
+    refuse_other_methods_options(args, ONLY_FOR)
     if args.method == "contextual" and not args.corpus:
         raise CsekitError(f"the contextual method needs --corpus FILE ...: {CORPUS_HINT}")
     if args.sif is not None and not 0 < args.sif < 1:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from csekit.cli.arguments import positive_int
+from csekit.cli.arguments import positive_int, refuse_other_methods_options
 from csekit.distributed import resolve_device
 from csekit.errors import CsekitError
 from csekit.models import POOLERS, AffineMap, load_transformer
@@ -57,9 +57,7 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
 
 def check_options(args: argparse.Namespace) -> None:
     """One-line errors for option combinations that cannot mean what the user wants."""
-    for option, method in ONLY_FOR.items():
-        if getattr(args, option) is not None and args.method != method:
-            raise CsekitError(f"--{option.replace('_', '-')} is a {method} option, not a {args.method} one")
+    refuse_other_methods_options(args, ONLY_FOR)
     if args.method == "whitening" and args.fit_on is None:
         raise CsekitError("whitening needs --fit-on FILE: unlabelled sentences, one a line")
     if args.layers is not None and args.pooler is not None:
