@@ -249,6 +249,29 @@ def final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "final" / "model.safetensors")
 
 
+def assert_trains_like_the_plain_run(folder: Path, **option) -> dict[str, torch.Tensor]:
+    """Train a dropout-free tiny model for 3 steps without and with ``option`` (one recipe key); the two runs
+    must end with the same weights and log the same losses. Returns the optioned run's weights."""
+    from csekit.cli.main import main
+
+    model = folder / "tiny-no-dropout"
+    make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save(model)
+    runs = []
+    for name, overrides in (("plain", {}), ("optioned", option)):
+        run = folder / name
+        run.mkdir()
+        assert main(["train", str(write_recipe(run, model, max_steps=3, pooler="mean", logging_steps=1, **overrides))]) == 0
+        losses = [json.loads(line)["train/loss"] for line in (run / "run" / "metrics.jsonl").read_text().splitlines()]
+        runs.append((final_weights(run / "run"), losses))
+    (plain, plain_losses), (optioned, optioned_losses) = runs
+    assert optioned.keys() == plain.keys()
+    for name in plain:
+        torch.testing.assert_close(optioned[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert optioned_losses == pytest.approx(plain_losses, abs=1e-5)
+    assert any((optioned[name] != load_file(model / "model.safetensors")[name]).any() for name in optioned)  # it trained
+    return optioned
+
+
 def train_single_and_two_ranks(folder: Path, **options) -> tuple[dict, dict, list[list[float]]]:
     """Train a dropout-free tiny model for ``options`` twice: one process with batch 8, and two gloo
     ranks under torchrun with batch 4 each. Returns both final weights and both logged loss curves."""

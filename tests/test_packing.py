@@ -3,13 +3,10 @@ gradients, in fp32 to 1e-5."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
-from conftest import final_weights, make_tiny_encoder, make_tiny_encoder_with, tiny_roberta, write_recipe
+from conftest import assert_trains_like_the_plain_run, make_tiny_encoder, make_tiny_encoder_with, tiny_roberta
 
-from csekit.cli.main import main
 from csekit.errors import CsekitError
 from csekit.losses import info_nce
 
@@ -66,17 +63,4 @@ def test_rows_are_filled_and_bad_settings_refused():
 
 
 def test_training_on_packed_rows_gives_the_padded_runs_weights(tmp_path):
-    model = tmp_path / "tiny-no-dropout"
-    make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save(model)
-    runs = {}
-    for rows in (None, 48):
-        folder = tmp_path / f"rows-{rows}"
-        folder.mkdir()
-        recipe = write_recipe(folder, model, max_steps=3, pooler="mean", pack_rows=rows, logging_steps=1)
-        assert main(["train", str(recipe)]) == 0
-        losses = [json.loads(line)["train/loss"] for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
-        runs[rows] = final_weights(folder / "run"), losses
-    (padded, padded_losses), (packed, packed_losses) = runs[None], runs[48]
-    for name in padded:
-        torch.testing.assert_close(packed[name], padded[name], atol=1e-5, rtol=1e-4, msg=name)
-    assert packed_losses == pytest.approx(padded_losses, abs=1e-5)
+    assert_trains_like_the_plain_run(tmp_path, pack_rows=48)

@@ -14,7 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import SENTENCES, final_weights, make_tiny_encoder, train_single_and_two_ranks, write_recipe
+from conftest import (
+    SENTENCES,
+    assert_trains_like_the_plain_run,
+    final_weights,
+    make_tiny_encoder,
+    train_single_and_two_ranks,
+    write_recipe,
+)
 from safetensors.torch import load_file
 
 from csekit.atomic import replace_dir
@@ -277,21 +284,6 @@ def test_best_checkpoint_selection_honours_a_lower_is_better_metric(tmp_path, ti
 
 
 def test_a_compiled_backbone_trains_like_the_eager_one(tmp_path):
-    """compile: true (inductor) gives the eager run's weights and losses. Dropout off: compiled dropout
-    draws its masks from another generator, so the two runs would see different masks, not other math."""
-    model = tmp_path / "tiny-no-dropout"
-    make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save(model)
-    runs = {}
-    for compiled in (False, True):
-        folder = tmp_path / f"compile-{compiled}"
-        folder.mkdir()
-        recipe = write_recipe(folder, model, max_steps=3, pooler="mean", compile=compiled, logging_steps=1)
-        assert main(["train", str(recipe)]) == 0
-        losses = [json.loads(line)["train/loss"] for line in (folder / "run" / "metrics.jsonl").read_text().splitlines()]
-        runs[compiled] = final_weights(folder / "run"), losses
-    (eager, eager_losses), (compiled, compiled_losses) = runs[False], runs[True]
-    assert eager.keys() == compiled.keys()  # compiled in place: the saved names do not change
-    for name in eager:
-        torch.testing.assert_close(compiled[name], eager[name], atol=1e-5, rtol=1e-4, msg=name)
-    assert compiled_losses == pytest.approx(eager_losses, abs=1e-5)
-    assert any((compiled[name] != load_file(model / "model.safetensors")[name]).any() for name in compiled)  # it trained
+    """compile: true (inductor) gives the eager run's weights and losses, under the same saved names (compiled
+    in place). Dropout off: compiled dropout draws its masks from another generator, not other math."""
+    assert_trains_like_the_plain_run(tmp_path, compile=True)
