@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import string
 import subprocess
@@ -270,6 +271,36 @@ def assert_trains_like_the_plain_run(folder: Path, **option) -> dict[str, torch.
     assert optioned_losses == pytest.approx(plain_losses, abs=1e-5)
     assert any((optioned[name] != load_file(model / "model.safetensors")[name]).any() for name in optioned)  # it trained
     return optioned
+
+
+def assert_resume_restores_the_queue(recipe: Path, run: Path, length_key: str) -> dict[str, torch.Tensor]:
+    """Train ``recipe`` (a checkpoint at step 4, more steps after), resume from that checkpoint and end with the
+    same weights; then resume with the queue emptied (its ``length_key`` set to 0, the manifest signed again
+    for the edit, which a resume refuses otherwise) and end elsewhere: the queue is saved and it matters.
+    Returns the checkpoint's tensors."""
+    from safetensors.torch import save_file
+
+    from csekit.cli.main import main
+    from csekit.data.senteval import sha256_of
+
+    assert main(["train", str(recipe)]) == 0
+    expected = final_weights(run)
+    checkpoint = run / "checkpoint" / "weights.safetensors"
+    saved = load_file(checkpoint)
+    shutil.rmtree(run / "final")
+    assert main(["train", str(recipe), "--resume"]) == 0
+    resumed = final_weights(run)
+    for name in expected:
+        assert torch.equal(resumed[name], expected[name]), name
+    save_file({**saved, length_key: torch.zeros((), dtype=torch.long)}, checkpoint)
+    manifest = json.loads((checkpoint.parent / "manifest.json").read_text())
+    manifest[checkpoint.name] = {"sha256": sha256_of(checkpoint), "bytes": checkpoint.stat().st_size}
+    (checkpoint.parent / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(run / "final")
+    assert main(["train", str(recipe), "--resume"]) == 0
+    emptied = final_weights(run)
+    assert any(not torch.equal(emptied[name], expected[name]) for name in expected)
+    return saved
 
 
 def train_single_and_two_ranks(folder: Path, **options) -> tuple[dict, dict, list[list[float]]]:

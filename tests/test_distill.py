@@ -4,28 +4,23 @@ gathered like one process, restored on resume) and its scale."""
 
 from __future__ import annotations
 
-import json
 import math
-import shutil
 
 import numpy as np
 import pytest
 import torch
 from conftest import (
     assert_grad_cache_matches_plain_step,
-    final_weights,
+    assert_resume_restores_the_queue,
     make_tiny_encoder,
     train_single_and_two_ranks,
     write_recipe,
 )
-from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 
 from csekit import CsekitError, load_encoder
-from csekit.cli.main import main
 from csekit.data.batches import EMBEDDINGS, TEXT
 from csekit.data.collate import pad_batch
-from csekit.data.senteval import sha256_of
 from csekit.objectives import build_objective
 from csekit.objectives.teacher import teacher_key
 
@@ -242,24 +237,6 @@ def test_ckd_resumed_run_restores_the_queue_and_the_scale(tmp_path):
     make_tiny_encoder("mean", hidden_dropout_prob=0.1).save(model)
     recipe = write_recipe(tmp_path, model, objective="ckd", pooler="mean", max_steps=6, save_steps=4,
                           options={"queue_size": 20})  # fmt: skip
-    run = tmp_path / "run"
-    assert main(["train", str(recipe)]) == 0
-    expected = final_weights(run)
-    checkpoint = run / "checkpoint" / "weights.safetensors"  # written at step 4 only
-    saved = load_file(checkpoint)
+    saved = assert_resume_restores_the_queue(recipe, tmp_path / "run", "objective.queue.length")
     assert int(saved["objective.queue.length"]) == 20  # 4 steps x 8 keys, the oldest dropped
     assert "objective.log_scale" in saved and not any(key.startswith("objective.teacher.") for key in saved)
-    shutil.rmtree(run / "final")
-    assert main(["train", str(recipe), "--resume"]) == 0
-    resumed = final_weights(run)
-    for name in expected:
-        assert torch.equal(resumed[name], expected[name]), name
-    # The queue matters: resuming with it emptied ends elsewhere (the manifest signed again for the edit).
-    save_file({**saved, "objective.queue.length": torch.zeros((), dtype=torch.long)}, checkpoint)
-    manifest = json.loads((checkpoint.parent / "manifest.json").read_text())
-    manifest[checkpoint.name] = {"sha256": sha256_of(checkpoint), "bytes": checkpoint.stat().st_size}
-    (checkpoint.parent / "manifest.json").write_text(json.dumps(manifest))
-    shutil.rmtree(run / "final")
-    assert main(["train", str(recipe), "--resume"]) == 0
-    emptied = final_weights(run)
-    assert any(not torch.equal(emptied[name], expected[name]) for name in expected)

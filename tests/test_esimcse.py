@@ -3,18 +3,12 @@ order, gradient cache, two ranks equal to one process, and a resumed run that re
 
 from __future__ import annotations
 
-import json
-import shutil
-
 import pytest
 import torch
-from conftest import final_weights, make_tiny_encoder, train_single_and_two_ranks, write_recipe
-from safetensors.torch import load_file, save_file
+from conftest import assert_resume_restores_the_queue, make_tiny_encoder, train_single_and_two_ranks, write_recipe
 
 from csekit.augment.repetition import repeat_tokens
-from csekit.cli.main import main
 from csekit.data.collate import pad_batch
-from csekit.data.senteval import sha256_of
 from csekit.errors import CsekitError
 from csekit.objectives import RunContext, build_objective
 from csekit.training.grad_cache import grad_cache_step, split_batch
@@ -233,27 +227,6 @@ def test_resumed_run_restores_queue_and_momentum_encoder(tmp_path):
     model = tmp_path / "tiny"
     make_tiny_encoder(hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1).save(model)
     recipe = write_recipe(tmp_path, model, objective="esimcse", max_steps=6, save_steps=4, options={"momentum": 0.9})
-    run = tmp_path / "run"
-    assert main(["train", str(recipe)]) == 0
-    expected = final_weights(run)
-
-    checkpoint = run / "checkpoint" / "weights.safetensors"  # written at step 4 only
-    saved = load_file(checkpoint)
+    saved = assert_resume_restores_the_queue(recipe, tmp_path / "run", "objective.queue_length")
     assert int(saved["objective.queue_length"]) == 20  # 2.5 x 8; 4 steps x 8 keys, the oldest dropped
     assert any(key.startswith("objective.momentum_encoder.backbone.") for key in saved)
-    shutil.rmtree(run / "final")
-    assert main(["train", str(recipe), "--resume"]) == 0
-    resumed = final_weights(run)
-    for name in expected:
-        assert torch.equal(resumed[name], expected[name]), name
-
-    # The queue matters: resuming with it emptied ends elsewhere (the manifest signed again for the edit,
-    # which a resume refuses otherwise).
-    save_file({**saved, "objective.queue_length": torch.zeros((), dtype=torch.long)}, checkpoint)
-    manifest = json.loads((checkpoint.parent / "manifest.json").read_text())
-    manifest[checkpoint.name] = {"sha256": sha256_of(checkpoint), "bytes": checkpoint.stat().st_size}
-    (checkpoint.parent / "manifest.json").write_text(json.dumps(manifest))
-    shutil.rmtree(run / "final")
-    assert main(["train", str(recipe), "--resume"]) == 0
-    emptied = final_weights(run)
-    assert any(not torch.equal(emptied[name], expected[name]) for name in expected)
