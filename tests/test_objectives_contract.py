@@ -50,6 +50,14 @@ CONTRACT_POOLERS: dict[str, str] = {"promptbert": "mask_denoised"}
 TARGETS = {"score": torch.tensor([0.9, 0.1, 0.5, 0.5, 1.0, 0.0]), "label": torch.tensor([0, 1, 2, 2, 1, 0])}
 
 
+def assert_trains_the_encoder(encoder) -> None:
+    """Every trainable weight of the transformer blocks gets a gradient, and of the deep prefix where one is
+    trained over a frozen backbone (PromCSE)."""
+    trained = [p for p in encoder.backbone.encoder.parameters() if p.requires_grad]
+    trained += list(encoder.prefix.parameters()) if encoder.prefix is not None else []
+    assert trained and all(p.grad is not None for p in trained)
+
+
 def batch_for(objective: Objective, encoder) -> dict:
     batch = {}
     for shift, column in enumerate(objective.columns):
@@ -115,7 +123,7 @@ def test_objective_returns_finite_named_terms_that_train_the_encoder(name):
     terms = objective(encoder, batch)
     assert terms and all(value.ndim == 0 and torch.isfinite(value) for value in terms.values())
     sum(terms.values()).backward()
-    assert all(p.grad is not None for p in encoder.backbone.encoder.parameters())
+    assert_trains_the_encoder(encoder)
     embeddings = objective.embed(encoder, batch)
     assert all(value.shape[0] == len(TEXTS) for value in embeddings.values())  # rows follow the batch
     # The declared sentence embeddings are the trained encoder's (B, H) rows, with a graph.
@@ -185,7 +193,7 @@ def test_the_prefix_wrappers_compose_with_every_objective_and_the_gradient_cache
     names = {term.split("@")[0] for term in terms}
     assert inner_terms <= names and names - inner_terms <= {"kl"}  # every inner term at each size, the layer KL
     sum(terms.values()).backward()
-    assert all(p.grad is not None for p in encoder.backbone.encoder.parameters())
+    assert_trains_the_encoder(encoder)
     embeddings = objective.embed(encoder, batch)
     assert all(value.shape[0] == len(TEXTS) for value in embeddings.values())  # rows follow the batch
     if objective.supports_grad_cache:

@@ -289,3 +289,27 @@ def improved_contrastive(queries: Tensor, documents: Tensor, temperature: float 
     document_documents = cosine_similarity_matrix(documents, all_documents).masked_fill(itself, -math.inf)
     logits = torch.cat([query_documents, query_queries, document_queries, document_documents], dim=1) / temperature
     return F.cross_entropy(logits, own)  # (B, 4 * W * B); the positive s(q_i, d_i) is column ``own`` of the first block
+
+
+def energy_hinge(anchors: Tensor, positives: Tensor, negatives: Tensor, *, margin: float = 0.2,
+                 gather: bool = True) -> Tensor:  # fmt: skip
+    """PromCSE's energy-based hinge loss (Jiang, Zhang & Wang 2022, Sec. 3.2), mean over anchors (a scalar):
+    ``max(0, margin - cos(h_i, h_i+) + max(max_{j != i} cos(h_i, h_j+), max_j cos(h_i, h_j-)))``, the positive
+    held ``margin`` above the hardest of the other positives and all hard negatives (reference
+    ``promcse/models.py::cl_forward``, ``MarginRankingLoss`` on the cosines).
+
+    anchors, positives, negatives: (B, H). With several processes the positives and negatives of all ranks
+    are the candidates (gathered with gradient, as :func:`info_nce` does); anchor i's own positive is this
+    rank's column ``rank * B + i``.
+    """
+    batch_size = anchors.shape[0]
+    offset = 0
+    if gather and get_world_size() > 1:
+        offset = get_rank() * batch_size
+        positives, negatives = all_gather_with_grad(positives), all_gather_with_grad(negatives)  # (W * B, H) each
+    rows = torch.arange(batch_size, device=anchors.device)  # (B,)
+    to_positives = cosine_similarity_matrix(anchors, positives)  # (B, W * B)
+    own = to_positives[rows, rows + offset]  # (B,)
+    others = to_positives.index_put((rows, rows + offset), torch.tensor(-math.inf, dtype=own.dtype, device=own.device))
+    hardest = torch.cat([others, cosine_similarity_matrix(anchors, negatives)], dim=1).max(dim=1).values  # (B,)
+    return F.relu(margin - own + hardest).mean()

@@ -8,6 +8,8 @@
   ``cls`` pooler, or an objective's own training head (DiffCSE's projector). With
   ``head_at_inference=False`` it is used only while training (SimCSE's ``mlp_only_train``, the setting of
   unsupervised SimCSE) and dropped when the model is saved;
+- a deep prefix (:mod:`csekit.models.prefix`, PromCSE's soft prompt) adds trained keys and values in
+  every attention layer of the backbone, when one is set (:meth:`SentenceEncoder.set_prefix`);
 - output modules are fitted or learned maps after the head (BERT-whitening's :class:`AffineMap`);
 - ``truncate_dim`` keeps a prefix of each embedding (a Matryoshka model used smaller, :mod:`csekit.models.depth`),
   after the output modules and before ``normalize``;
@@ -39,6 +41,7 @@ from csekit.models.depth import LayerTap, check_dim, cut_backbone, outputs_at_la
 from csekit.models.modules import MLPHead
 from csekit.models.packing import packed_forward
 from csekit.models.pooling import Pooler, build_pooler, check_pooler
+from csekit.models.prefix import DeepPrefix
 from csekit.models.saving import SavedHead, save_encoder
 
 #: encode() shows a progress bar by default only when there are more sentences than this.
@@ -76,6 +79,7 @@ class SentenceEncoder(nn.Module):
         self.row_tokens: int | None = None  # set by pack(): the backbone runs on packed rows of this many tokens
         self.truncate_dim: int | None = None
         self.layer_tap: LayerTap | None = None  # set only while an objective trains shallower layers
+        self.prefix: DeepPrefix | None = None
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -177,10 +181,26 @@ class SentenceEncoder(nn.Module):
         self.outputs = nn.ModuleList([module.to(device) for module in modules])
         return self
 
+    def set_prefix(self, prefix: DeepPrefix | None) -> SentenceEncoder:
+        """Prepend ``prefix``'s keys and values in every attention layer from now on (None: no prefix)."""
+        if prefix is not None:
+            if self.row_tokens or self.pooler.needs_attentions:
+                raise CsekitError("a prefix goes with padded batches and poolers that read no attention maps")
+            positions = getattr(self.backbone.config, "max_position_embeddings", None)
+            if positions is not None and self.max_length + prefix.length > positions:
+                raise CsekitError(f"a {prefix.length}-token prefix shifts positions past the model's {positions}: "
+                                  f"max_length may be at most {positions - prefix.length}, not {self.max_length}")  # fmt: skip
+            weight = next(self.backbone.parameters())
+            prefix = prefix.to(device=weight.device, dtype=weight.dtype).train(self.training)
+        self.prefix = prefix
+        return self
+
     def pack(self, row_tokens: int | None) -> SentenceEncoder:
         """Run the backbone on sentences packed into rows of ``row_tokens`` (:mod:`csekit.models.packing`;
         None: padded batches). Same embeddings; no compute spent on padding."""
         if row_tokens is not None:
+            if self.prefix is not None:
+                raise CsekitError("a model with a prefix runs on padded batches, not packed rows")
             if self.pooler.needs_attentions:
                 raise CsekitError(f"pooler {self.pooler.name!r} reads attention maps, which packed rows do not give")
             if row_tokens < 1:
@@ -223,7 +243,8 @@ class SentenceEncoder(nn.Module):
             outputs = packed_forward(self.backbone, inputs, row_tokens=self.row_tokens,
                                      output_hidden_states=hidden_states)  # fmt: skip
         else:
-            outputs = self.backbone(**inputs, output_hidden_states=hidden_states,
+            prefixed = inputs if self.prefix is None else {**inputs, **self.prefix.backbone_inputs(self.backbone, attention_mask)}
+            outputs = self.backbone(**prefixed, output_hidden_states=hidden_states,
                                     output_attentions=self.pooler.needs_attentions, return_dict=True)  # fmt: skip
         if tap is not None:
             tap.record({layer: self.pool(outputs_at_layer(outputs, layer), inputs) for layer in tap.layers})

@@ -16,7 +16,8 @@ from csekit.errors import CsekitError
 from csekit.models.encoder import SentenceEncoder, check_model_reference
 from csekit.models.modules import AffineMap, MLPHead, dense_activation
 from csekit.models.pooling import POOLERS, Pooler, check_pooler
-from csekit.models.saving import CSEKIT_CONFIG
+from csekit.models.prefix import DeepPrefix
+from csekit.models.saving import CSEKIT_CONFIG, PREFIX_FILE
 from csekit.models.static import StaticEncoder, load_static
 
 #: Module kinds (the last part of ``type``) that make up a saved pooler after the Transformer; the
@@ -134,6 +135,11 @@ def load_input(
     # A saved head replaces whatever head the pooler gets here, so none is read from the checkpoint then.
     encoder = SentenceEncoder.from_pretrained(name_or_path, pooler=name, pooler_settings=settings, max_length=max_length,
                                               pretrained_head=not has_head)  # fmt: skip
+    if saved.get("prefix"):
+        weights_file = _locate(name_or_path, PREFIX_FILE)
+        if weights_file is None:
+            raise CsekitError(f"{name_or_path}: {CSEKIT_CONFIG} names a prefix, but {PREFIX_FILE} is missing")
+        encoder.set_prefix(DeepPrefix.load(weights_file, encoder.backbone.config))
     return encoder, saved_name
 
 

@@ -9,13 +9,14 @@ A saved folder is a sequence of modules, each written by the stage that computes
     csekit_config.json                the pooler's name and settings, so csekit reloads it exactly, and the
                                       prefix a Matryoshka model is used at (``truncate_dim``, which
                                       config_sentence_transformers.json carries for sentence-transformers)
+    prefix/model.safetensors          a deep prefix's keys and values for every layer (PromCSE), when the model has one
     <head>/                           heads an objective trained with the model, outside the module
                                       sequence (Sentence-BERT's ``pair_classifier/``); each saves itself
 
 The input module is the stock ``Transformer`` followed by the stock modules the pooler names
 (:meth:`~csekit.models.pooling.Pooler.stock_modules`: ``Pooling``, ``WeightedLayerPooling``), which any
 sentence-transformers installation loads. A pooler that no stock module can express (a prompt template,
-Ditto) saves csekit's own input module instead (:mod:`csekit.models.st_module`), which
+Ditto) or a model with a deep prefix (:mod:`csekit.models.prefix`) saves csekit's own input module instead (:mod:`csekit.models.st_module`), which
 ``SentenceTransformer(path, trust_remote_code=True)`` imports wherever csekit is installed. The head and
 the output modules save themselves as stock ``Dense`` modules, ``normalize`` as ``Normalize``.
 Weights are read from safetensors, or from ``.bin`` files with ``weights_only=True`` only; module paths
@@ -44,6 +45,8 @@ if TYPE_CHECKING:
 CSEKIT_CONFIG = "csekit_config.json"
 #: csekit's sentence-transformers input module, for poolers no stock module expresses.
 INPUT_MODULE = "csekit.models.st_module.PooledTransformer"
+#: A deep prefix's weights, inside the folder.
+PREFIX_FILE = "prefix/model.safetensors"
 FORMAT = 2  # csekit_config.json: {"pooler": {"name": ..., settings}}; format 1 kept the pooler as a string
 
 
@@ -107,9 +110,12 @@ def write_input(encoder: SentenceEncoder, folder: Path) -> list[StockModule]:
     # shorter than 1 (encode(normalize_embeddings=True) renormalises them, as csekit does); cosines agree.
     truncation = {"truncate_dim": encoder.truncate_dim} if encoder.truncate_dim is not None else {}
     _write_json(folder / "config_sentence_transformers.json", {"similarity_fn_name": "cosine", **truncation})
+    prefix = {} if encoder.prefix is None else {"prefix": {"length": encoder.prefix.length, "path": PREFIX_FILE}}
+    if encoder.prefix is not None:
+        encoder.prefix.save(folder / PREFIX_FILE)
     _write_json(folder / CSEKIT_CONFIG, {"format": FORMAT, "pooler": saved_pooler(encoder), "max_length": encoder.max_length,
-                                         "num_layers": config.num_hidden_layers, **truncation})  # fmt: skip
-    if stock is None:
+                                         "num_layers": config.num_hidden_layers, **truncation, **prefix})  # fmt: skip
+    if stock is None or prefix:  # the stock Transformer module would run the backbone without the prefix
         return [StockModule("", type=INPUT_MODULE)]
     return [StockModule("Transformer"), *stock]
 

@@ -43,6 +43,8 @@ class PooledTransformer(nn.Module):
         """The input stage of a csekit folder (sentence-transformers applies the modules after it)."""
         path = f"{model_name_or_path}/{subfolder}" if subfolder else model_name_or_path
         encoder, _ = load_input(path)
+        if encoder.head is not None:  # a cls model's head is the saved Dense module that follows this one
+            encoder.set_pooler("cls_before_pooler")
         return cls(encoder)
 
     def preprocess(self, inputs: Sequence[str], prompt: str | None = None, **kwargs: Any) -> dict[str, Tensor]:

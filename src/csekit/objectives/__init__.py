@@ -26,6 +26,7 @@ from csekit.objectives.matryoshka import Matryoshka
 from csekit.objectives.matryoshka2d import Matryoshka2d
 from csekit.objectives.mlm import MaskedLMAuxiliary
 from csekit.objectives.options import check_options
+from csekit.objectives.promcse import SupervisedPromCSE, UnsupervisedPromCSE
 from csekit.objectives.promptbert import PromptBERT
 from csekit.objectives.sbert import SBERTClassification, SBERTRegression
 from csekit.objectives.simcse import SupervisedSimCSE, UnsupervisedSimCSE
@@ -43,6 +44,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "clear": CLEAR,
     "diffcse": DiffCSE,
     "promptbert": PromptBERT,
+    "promcse": UnsupervisedPromCSE,
+    "promcse_sup": SupervisedPromCSE,
     "sbert_softmax": SBERTClassification,
     "sbert_regression": SBERTRegression,
     "cosent": CoSENT,
