@@ -36,8 +36,11 @@ def saved_tiny_masked_lm() -> str:
 
 
 #: Options an objective needs to run on the tiny encoder (e.g. a tiny generator), by registry name.
+TINY_GENERATOR = saved_tiny_masked_lm()
 CONTRACT_OPTIONS: dict[str, dict] = {
-    "diffcse": {"generator": saved_tiny_masked_lm()},
+    "diffcse": {"generator": TINY_GENERATOR},
+    # a tiny masked LM's head (the tiny encoder's vocabulary and width), 2 decoder layers
+    "denosent": {"prediction_head": TINY_GENERATOR, "decoder_layers": 2, "decoder_feedforward": 64},
     # substitution needs a WordNet database; tests/test_clear.py covers it with a fixture database
     "clear": {"augmentations": ["word_deletion", "reordering"]},
 }
@@ -212,4 +215,4 @@ def test_frozen_helpers_stay_frozen_and_out_of_the_checkpoint_state(name):
     objective.load_trainable_state_dict(state)  # what a resume does
 
 
-TINY_MLM = saved_tiny_masked_lm()
+TINY_MLM = TINY_GENERATOR

@@ -14,6 +14,7 @@ from csekit.objectives.clear import CLEAR
 from csekit.objectives.consert import ConSERT
 from csekit.objectives.cosent import CoSENT
 from csekit.objectives.dclr import DCLR
+from csekit.objectives.denosent import DenoSent
 from csekit.objectives.debcse import DebCSE
 from csekit.objectives.diffcse import DiffCSE
 from csekit.objectives.distill_kl import SimilarityDistillation
@@ -45,6 +46,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "diffcse": DiffCSE,
     "promptbert": PromptBERT,
     "promcse": UnsupervisedPromCSE,
+    "denosent": DenoSent,
     "promcse_sup": SupervisedPromCSE,
     "sbert_softmax": SBERTClassification,
     "sbert_regression": SBERTRegression,
