@@ -14,8 +14,8 @@ from csekit.objectives.clear import CLEAR
 from csekit.objectives.consert import ConSERT
 from csekit.objectives.cosent import CoSENT
 from csekit.objectives.dclr import DCLR
-from csekit.objectives.denosent import DenoSent
 from csekit.objectives.debcse import DebCSE
+from csekit.objectives.denosent import DenoSent
 from csekit.objectives.diffcse import DiffCSE
 from csekit.objectives.distill_kl import SimilarityDistillation
 from csekit.objectives.distill_mse import MSEDistillation
