@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from csekit import losses
 from csekit.distributed import all_gather_with_grad, get_rank, get_world_size
-from csekit.losses import hard_negative_weights, improved_contrastive, info_nce
+from csekit.losses import energy_hinge, hard_negative_weights, improved_contrastive, info_nce
 
 WORLD_SIZE = 2
 TRIPLETS = [
@@ -58,6 +58,17 @@ def _improved_contrastive_loss(model, tokenizer, rows):
     return improved_contrastive(queries, documents, 0.05)
 
 
+def _energy_hinge_loss(model, tokenizer, rows):
+    """PromCSE's hinge over triplets: each anchor's rivals are the positives and hard negatives of all ranks."""
+    texts = [text for column in zip(*rows) for text in column]
+    anchors, positives, negatives = model(**tokenizer(texts, padding=True, return_tensors="pt")).split(len(rows))  # 3 x (b, H)
+    return energy_hinge(anchors, positives, negatives, margin=0.5)
+
+
+#: Losses whose every term reads the embeddings of all ranks, by name.
+GATHERED_LOSSES = {"improved_contrastive": _improved_contrastive_loss, "energy_hinge": _energy_hinge_loss}
+
+
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: param.grad.clone() for name, param in module.named_parameters() if param.grad is not None}
 
@@ -88,11 +99,12 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
             loss.backward()
             results[case] = {"loss": loss.detach(), "grads": _grads(encoder)}
         losses.all_gather_with_grad = all_gather_with_grad
-        encoder = _encoder()
-        model = DistributedDataParallel(encoder)  # held until backward: its hooks average the gradients
-        loss = _improved_contrastive_loss(model, encoder.tokenizer, shard)
-        loss.backward()
-        results["improved_contrastive"] = {"loss": loss.detach(), "grads": _grads(encoder)}
+        for name, loss_of in GATHERED_LOSSES.items():
+            encoder = _encoder()
+            model = DistributedDataParallel(encoder)  # held until backward: its hooks average the gradients
+            loss = loss_of(model, encoder.tokenizer, shard)
+            loss.backward()
+            results[name] = {"loss": loss.detach(), "grads": _grads(encoder)}
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -124,16 +136,18 @@ def test_two_processes_equal_one_process_with_the_whole_batch(rank_results, case
             torch.testing.assert_close(result[case]["grads"][name], grad, rtol=0, atol=1e-6, msg=name)
 
 
-def test_gtes_partition_over_two_processes_equals_one_process_with_the_whole_batch(rank_results):
+@pytest.mark.parametrize("loss_name", GATHERED_LOSSES)
+def test_gtes_partition_and_promcses_hinge_over_two_processes_equal_one_process_with_the_whole_batch(rank_results, loss_name):
     encoder = _encoder()
-    loss = _improved_contrastive_loss(encoder, encoder.tokenizer, TRIPLETS)
+    loss = GATHERED_LOSSES[loss_name](encoder, encoder.tokenizer, TRIPLETS)
     loss.backward()
     grads = _grads(encoder)
-    mean_loss = sum(result["improved_contrastive"]["loss"] for result in rank_results) / WORLD_SIZE
+    assert loss > 0 and len(grads) > 0
+    mean_loss = sum(result[loss_name]["loss"] for result in rank_results) / WORLD_SIZE
     torch.testing.assert_close(mean_loss, loss.detach(), rtol=0, atol=1e-6)
     for result in rank_results:
         for name, grad in grads.items():
-            torch.testing.assert_close(result["improved_contrastive"]["grads"][name], grad, rtol=0, atol=1e-6, msg=name)
+            torch.testing.assert_close(result[loss_name]["grads"][name], grad, rtol=0, atol=1e-6, msg=name)
 
 
 def test_replacing_only_the_own_slice_loses_gradient(rank_results):
