@@ -113,3 +113,18 @@ def test_the_mask_pooler_takes_the_papers_template_with_no_period_added_at_infer
     build_objective("denosent", encoder, options=OPTIONS)
     assert encoder.pooler.prompt.template == '"[X]" means [MASK].' and not encoder.pooler.end_with_period
     assert encoder.pooler.inference_texts(["two dogs run"]) == ["two dogs run"]
+
+
+def test_with_given_rewrites_the_decoder_rebuilds_the_rewrite_from_the_anchors_embedding():
+    """denosent_pairs: sent1 (a back-translation) is the positive and the decoder's target, sent0's embedding its memory."""
+    encoder = make_tiny_encoder("mean").double().eval()
+    objective = build_objective("denosent_pairs", encoder, options=OPTIONS).double().eval()
+    rewrites = ["a guitar is played by a man .", "hello", "dogs run through snow as a cat looks on .", "markets dropped"]
+    batch = {"sent0": padded(encoder, TEXTS), "sent1": padded(encoder, rewrites)}
+    embeddings = objective.embed(encoder, batch)
+    terms = objective.loss(embeddings, batch)
+    anchors = objective.projector(encoder(**batch["sent0"]))
+    positives = objective.projector(encoder(**batch["sent1"]))
+    torch.testing.assert_close(terms["contrastive"], 5.0 * naive_info_nce(anchors, positives, 0.05), rtol=0, atol=1e-10)
+    denoising, _ = naive_denoising(encoder, objective, anchors, rewrites)
+    torch.testing.assert_close(terms["denoising"], 7.0 * denoising, rtol=0, atol=1e-10)

@@ -41,6 +41,7 @@ CONTRACT_OPTIONS: dict[str, dict] = {
     "diffcse": {"generator": TINY_GENERATOR},
     # a tiny masked LM's head (the tiny encoder's vocabulary and width), 2 decoder layers
     "denosent": {"prediction_head": TINY_GENERATOR, "decoder_layers": 2, "decoder_feedforward": 64},
+    "denosent_pairs": {"prediction_head": TINY_GENERATOR, "decoder_layers": 2, "decoder_feedforward": 64},
     # substitution needs a WordNet database; tests/test_clear.py covers it with a fixture database
     "clear": {"augmentations": ["word_deletion", "reordering"]},
 }

@@ -15,7 +15,7 @@ from csekit.objectives.consert import ConSERT
 from csekit.objectives.cosent import CoSENT
 from csekit.objectives.dclr import DCLR
 from csekit.objectives.debcse import DebCSE
-from csekit.objectives.denosent import DenoSent
+from csekit.objectives.denosent import DenoSent, DenoSentPairs
 from csekit.objectives.diffcse import DiffCSE
 from csekit.objectives.distill_kl import SimilarityDistillation
 from csekit.objectives.distill_mse import MSEDistillation
@@ -47,6 +47,7 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "promptbert": PromptBERT,
     "promcse": UnsupervisedPromCSE,
     "denosent": DenoSent,
+    "denosent_pairs": DenoSentPairs,
     "promcse_sup": SupervisedPromCSE,
     "sbert_softmax": SBERTClassification,
     "sbert_regression": SBERTRegression,

@@ -23,11 +23,13 @@ as the reference's ``encode``; any other pooler pools as it is, the paper's "w/ 
 layers start from N(0, 0.02), as the reference's ``_init_weights`` sets them; the target embeddings are the
 encoder's embedding-layer output (``hidden_states[0]``), detached.
 
-Departure: the paper's discrete noise is back-translation (English to Chinese and back with MarianMT),
-which makes the positive ``s+`` and the decoder's target. Translating needs models this package does not
-ship, so DenoSent here runs the reference's path for a corpus without augmented pairs (``do_contrastive``
-with ``input_ids`` twice, the sentence itself as the target): the paper's "w/o discrete noise" row
-(Table 3: 77.99 against 79.33 with back-translation).
+The discrete noise: the paper's is back-translation (English to Chinese and back with MarianMT), which
+makes the positive ``s+`` and the decoder's target. ``denosent_pairs`` (:class:`DenoSentPairs`) trains on
+such pairs given as ``sent0, sent1`` (the reference's ``positive_input_ids`` path: the anchor's embedding is
+the memory, the rewrite the sentence rebuilt). Translating needs models this package does not ship, so
+``denosent`` runs the reference's path for a corpus without pairs (``do_contrastive`` with ``input_ids``
+twice, the sentence itself as the target): the paper's "w/o discrete noise" row (Table 3: 77.99 against
+79.33 with back-translation).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from csekit.data.batches import Batch
+from csekit.data.collate import concat_fields
 from csekit.errors import CsekitError
 from csekit.losses import info_nce
 from csekit.models.encoder import SentenceEncoder
@@ -82,12 +85,12 @@ class DenoSent(Objective):
         self.prediction_head = pretrained_mlm_head(prediction_head or context.model, encoder, tie_decoder=True)
 
     def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
-        sentences = batch["sent0"]
-        size = sentences["input_ids"].shape[0]
-        twice = {key: torch.cat([value, value]) for key, value in sentences.items()}  # (2B, T)
-        view1, view2 = encoder(**twice).split(size)  # 2 x (B, H): two dropout masks
+        size = batch["sent0"]["input_ids"].shape[0]
+        stacked = concat_fields([batch[column] for column in self.views], encoder.pad_token_id)  # (2B, T)
+        view1, view2 = encoder(**stacked).split(size)  # 2 x (B, H): two dropout masks (or the rewrite)
         projected1, projected2 = self.projector(view1), self.projector(view2)  # (B, H) each
-        sums, counts = self.reconstruction(encoder, projected1, sentences)
+        # The decoder rebuilds the second view's sentence (the anchor itself, or its rewrite) from the anchor's embedding.
+        sums, counts = self.reconstruction(encoder, projected1, batch[self.views[1]])
         return {"view1": view1, "view2": view2, "projected1": projected1, "projected2": projected2,
                 "denoising_sum": sums, "denoising_count": counts}  # fmt: skip
 
@@ -109,3 +112,11 @@ class DenoSent(Objective):
         contrastive = info_nce(embeddings["projected1"], embeddings["projected2"], self.temperature)
         denoising = embeddings["denoising_sum"].sum() / embeddings["denoising_count"].sum()  # mean over real tokens
         return {"contrastive": self.contrastive_weight * contrastive, "denoising": self.denoising_weight * denoising}
+
+
+class DenoSentPairs(DenoSent):
+    """DenoSent on given discrete noise: ``sent1`` is a rewrite of ``sent0`` (the paper's back-translation),
+    the positive of the contrast and the sentence the decoder rebuilds from ``sent0``'s embedding."""
+
+    columns: ClassVar[tuple[str, ...]] = ("sent0", "sent1")
+    views: ClassVar[tuple[str, ...]] = ("sent0", "sent1")
