@@ -7,11 +7,11 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_encoder
+from conftest import make_tiny_encoder, write_recipe
 from test_objectives_contract import TINY_GENERATOR
 from torch.nn import functional as F
 
-from csekit import CsekitError
+from csekit import CsekitError, load_encoder
 from csekit.data.collate import pad_batch
 from csekit.objectives import build_objective
 
@@ -128,3 +128,15 @@ def test_with_given_rewrites_the_decoder_rebuilds_the_rewrite_from_the_anchors_e
     torch.testing.assert_close(terms["contrastive"], 5.0 * naive_info_nce(anchors, positives, 0.05), rtol=0, atol=1e-10)
     denoising, _ = naive_denoising(encoder, objective, anchors, rewrites)
     torch.testing.assert_close(terms["denoising"], 7.0 * denoising, rtol=0, atol=1e-10)
+
+
+def test_a_denosent_run_trains_and_saves_the_encoder_alone(tmp_path):
+    from csekit.cli.main import main
+
+    model = tmp_path / "tiny"
+    make_tiny_encoder("mask").save(model)
+    recipe = write_recipe(tmp_path, model, objective="denosent", pooler="mask", options=OPTIONS, max_steps=2)
+    assert main(["train", str(recipe)]) == 0
+    saved = load_encoder(tmp_path / "run" / "final")
+    assert saved.pooler.prompt.template == '"[X]" means [MASK].'  # the template it trained with
+    assert not any(path.name.startswith(("decoder", "projector")) for path in (tmp_path / "run" / "final").iterdir())
