@@ -126,11 +126,14 @@ def test_a_saved_prefix_reloads_with_the_same_embeddings_in_csekit_and_sentence_
 
 def test_a_prefix_is_refused_where_it_cannot_work():
     encoder = make_tiny_encoder()  # 128 positions
-    encoder.max_length = 125
-    with pytest.raises(CsekitError, match="max_length may be at most 120, not 125"):
-        encoder.set_prefix(DeepPrefix(encoder.backbone.config, 8))
-    encoder.max_length = 64
+    encoder.max_length = 128
     encoder.set_prefix(DeepPrefix(encoder.backbone.config, 8))
+    assert encoder.max_length == 120  # the tokens' positions start after the prefix: encode() cuts sentences to fit
+    long_row = {"input_ids": torch.ones(1, 125, dtype=torch.long), "attention_mask": torch.ones(1, 125, dtype=torch.long)}
+    with pytest.raises(CsekitError, match="125 tokens after a 8-token prefix pass the model's 128 positions"):
+        encoder(**long_row)
+    with pytest.raises(CsekitError, match="leaves none of the model's 128 positions"):
+        encoder.set_prefix(DeepPrefix(encoder.backbone.config, 128))
     with pytest.raises(CsekitError, match="padded batches"):
         encoder.pack(64)
 

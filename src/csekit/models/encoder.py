@@ -187,9 +187,10 @@ class SentenceEncoder(nn.Module):
             if self.row_tokens or self.pooler.needs_attentions:
                 raise CsekitError("a prefix goes with padded batches and poolers that read no attention maps")
             positions = getattr(self.backbone.config, "max_position_embeddings", None)
-            if positions is not None and self.max_length + prefix.length > positions:
-                raise CsekitError(f"a {prefix.length}-token prefix shifts positions past the model's {positions}: "
-                                  f"max_length may be at most {positions - prefix.length}, not {self.max_length}")  # fmt: skip
+            if positions is not None:  # the tokens' positions start after the prefix: sentences are cut to fit
+                if prefix.length >= positions:
+                    raise CsekitError(f"a {prefix.length}-token prefix leaves none of the model's {positions} positions")
+                self.max_length = min(self.max_length, positions - prefix.length)
             weight = next(self.backbone.parameters())
             prefix = prefix.to(device=weight.device, dtype=weight.dtype).train(self.training)
         self.prefix = prefix

@@ -69,6 +69,9 @@ class DeepPrefix(nn.Module):
     def backbone_inputs(self, backbone: nn.Module, attention_mask: Tensor) -> dict:
         """The cache and the (B, 1, T, P + T) attention mask that put the prefix in front of every row."""
         size, tokens = attention_mask.shape
+        positions = getattr(backbone.config, "max_position_embeddings", None)
+        if positions is not None and self.length + tokens > positions:
+            raise CsekitError(f"{tokens} tokens after a {self.length}-token prefix pass the model's {positions} positions")
         everything = torch.cat([attention_mask.new_ones(size, self.length), attention_mask], dim=1)  # (B, P + T)
         dtype, device = self.embedding.weight.dtype, attention_mask.device
         mask = create_bidirectional_mask(  # only the shapes and dtypes of these stand-ins are read
