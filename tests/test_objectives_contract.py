@@ -35,8 +35,8 @@ def saved_tiny_masked_lm() -> str:
     return str(folder)
 
 
-#: Options an objective needs to run on the tiny encoder (e.g. a tiny generator), by registry name.
 TINY_GENERATOR = saved_tiny_masked_lm()
+#: Options an objective needs to run on the tiny encoder (e.g. a tiny generator), by registry name.
 CONTRACT_OPTIONS: dict[str, dict] = {
     "diffcse": {"generator": TINY_GENERATOR},
     # a tiny masked LM's head (the tiny encoder's vocabulary and width), 2 decoder layers

@@ -293,7 +293,7 @@ def improved_contrastive(queries: Tensor, documents: Tensor, temperature: float 
 
 def energy_hinge(anchors: Tensor, positives: Tensor, negatives: Tensor, *, margin: float = 0.2,
                  gather: bool = True) -> Tensor:  # fmt: skip
-    """PromCSE's energy-based hinge loss (Jiang, Zhang & Wang 2022, Sec. 3.2), mean over anchors (a scalar):
+    """PromCSE's energy-based hinge loss (Jiang, Zhang & Wang 2022), mean over anchors (a scalar):
     ``max(0, margin - cos(h_i, h_i+) + max(max_{j != i} cos(h_i, h_j+), max_j cos(h_i, h_j-)))``, the positive
     held ``margin`` above the hardest of the other positives and all hard negatives (reference
     ``promcse/models.py::cl_forward``, ``MarginRankingLoss`` on the cosines).

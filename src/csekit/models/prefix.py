@@ -1,6 +1,6 @@
 """A deep prompt: trained key/value vectors prepended in every self-attention layer (P-tuning v2).
 
-P-tuning v2 (Liu et al., ACL 2022) and PromCSE (Jiang, Zhang & Wang, EMNLP Findings 2022, Sec. 3.1) give
+P-tuning v2 (Liu et al., ACL 2022) and PromCSE (Jiang, Zhang & Wang, EMNLP Findings 2022) give
 each of the L layers P "virtual tokens" that every real token attends to but that attend to nothing
 themselves: layer l's keys and values are ``[K_prefix_l; K_l]`` and ``[V_prefix_l; V_l]`` (P + T rows),
 its queries the T real tokens'. As the reference's ``PrefixEncoder`` (``promcse/models.py``, with

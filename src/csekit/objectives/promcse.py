@@ -1,13 +1,13 @@
 """PromCSE (Jiang, Zhang & Wang, EMNLP Findings 2022, "Improved Universal Sentence Embeddings with Prompt-based
 Contrastive Learning and Energy-based Learning").
 
-- Soft prompt (Sec. 3.1): the backbone is frozen and only a deep prefix is trained, P key/value vectors in
+- Soft prompt: the backbone is frozen and only a deep prefix is trained, P key/value vectors in
   every attention layer (P-tuning v2, :mod:`csekit.models.prefix`), with the ``cls`` pooler's MLP head
   (the reference freezes ``self.bert`` only; its ``MLPLayer`` trains). The prefix is part of the encoder:
   it is saved in the model folder and every later ``encode`` runs with it.
-- Unsupervised (Sec. 3.1, Eq. 1): SimCSE's InfoNCE over two dropout views, temperature 0.05 (the
+- Unsupervised: SimCSE's InfoNCE (its NT-Xent loss) over two dropout views, temperature 0.05 (the
   dropout now also falls on the prefix, as the reference's ``get_prompt`` drops it out).
-- Supervised (Sec. 3.2, Eq. 3-4): supervised SimCSE's loss on NLI triplets plus ``eh_weight`` times the
+- Supervised: supervised SimCSE's loss on NLI triplets plus ``eh_weight`` times the
   energy-based hinge loss (:func:`csekit.losses.energy_hinge`, margin 0.2 and weight 10 in the reference's
   ``run_sup_example.sh``).
 
@@ -15,7 +15,8 @@ Reference code: ``promcse/models.py`` (github.com/YJiangcm/PromCSE). The prefix 
 no reparameterisation MLP (``prefix_projection`` is off in every shipped script), N(0, 0.02) initialisation
 (``init_weights`` after the prefix is built), the backbone's hidden dropout on the prefix, and position ids
 that start after the prefix (what ``past_key_values`` did in the transformers 4.2.1 the reference pins).
-A model that already has a prefix (a PromCSE model trained further) keeps it.
+A model that already has a prefix (a PromCSE model trained further) keeps it. The paper's text was not at
+hand here (its section and equation numbers are not cited); the reference code fixes every formula above.
 """
 
 from __future__ import annotations
