@@ -21,7 +21,8 @@ temperature 0.05 (the paper's text says 0.03 and an unweighted sum), the templat
 (Sec. "Implementation Details"; the ``mask`` pooler, given this template, with no period added at inference,
 as the reference's ``encode``; any other pooler pools as it is, the paper's "w/ CLS Pooling" ablation); the decoder and projector's linear
 layers start from N(0, 0.02), as the reference's ``_init_weights`` sets them; the target embeddings are the
-encoder's embedding-layer output (``hidden_states[0]``), detached.
+encoder's embedding-layer output (``hidden_states[0]``), detached (recomputed without gradient, so its
+embedding dropout is a draw of its own rather than the first view's).
 
 The discrete noise: the paper's is back-translation (English to Chinese and back with MarianMT), which
 makes the positive ``s+`` and the decoder's target. ``denosent_pairs`` (:class:`DenoSentPairs`) trains on
