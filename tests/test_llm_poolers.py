@@ -8,12 +8,14 @@ training collate makes. Both must agree to float32 rounding. The contract suite
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from conftest import make_tiny_decoder, make_tiny_encoder
 
-from csekit import CsekitError
+from csekit import CsekitError, load_encoder
 from csekit.data.collate import pad_batch
 from csekit.models.contrastive_prompting import AUXILIARY_TEMPLATE
 from csekit.models.decoder import left_padded, split_reference
@@ -169,7 +171,7 @@ def test_gguf_references():
         split_reference("models/smol#gguf=weights.bin")
 
 
-def test_smollm2_from_gguf_batches_like_single_sentences(smollm2):
+def test_smollm2_from_gguf_batches_like_single_sentences_and_saves_as_a_plain_checkpoint(smollm2, tmp_path):
     """The real model: SmolLM2-135M-Instruct de-quantized from its GGUF file, left-padded batches."""
     assert smollm2.is_decoder and smollm2.pooler.name == "last_token" and smollm2.embedding_dim == 576
     try:
@@ -180,5 +182,10 @@ def test_smollm2_from_gguf_batches_like_single_sentences(smollm2):
             assert np.abs(batched - alone).max() < 1e-4 * np.abs(alone).max()
         expected = _naive_eol(smollm2, PROMPTEOL_TEMPLATE, TEXTS[0]).numpy()
         assert np.abs(batched[0] - expected).max() < 1e-4 * np.abs(expected).max()
+        smollm2.save(tmp_path / "smol")
+        assert "quantization_config" not in json.loads((tmp_path / "smol" / "config.json").read_text())
+        reloaded = load_encoder(tmp_path / "smol")
+        assert reloaded.pooler.name == "prompteol" and reloaded.tokenizer.padding_side == "left"
+        assert np.abs(reloaded.encode(TEXTS, batch_size=len(TEXTS)) - batched).max() < 1e-5 * np.abs(batched).max()
     finally:
         smollm2.set_pooler("last_token")
