@@ -28,14 +28,7 @@ from torch import Tensor, nn
 
 from csekit.errors import CsekitError
 from csekit.models.eol import SENTENCE, check_template, filled_rows
-from csekit.models.pooling import (
-    Pooler,
-    check_layer,
-    last_token_states,
-    layer_states,
-    masked_mean,
-    register_pooler,  # fmt: skip
-)
+from csekit.models.pooling import LayerChoice, last_token_states, layer_states, masked_mean, register_pooler
 
 #: The paper's zero-shot echo prompt (Sec. 3.1).
 ECHO_TEMPLATE = "Rewrite the sentence: *sent 0*, rewritten sentence: *sent 0*"
@@ -43,21 +36,17 @@ STRATEGIES = ("mean", "last")
 
 
 @register_pooler
-class EchoPooler(Pooler):
+class EchoPooler(LayerChoice):
     name = "echo"
     for_decoders = True
     input_fields = ("token_type_ids",)
 
     def __init__(self, *, template: str = ECHO_TEMPLATE, strategy: str = "mean", layer: int = -1):
-        super().__init__()
+        super().__init__(layer=layer)
         self.template = check_template(template, copies=2)
         if strategy not in STRATEGIES:
             raise CsekitError(f"echo strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
-        self.strategy, self.layer = strategy, int(layer)
-        self.needs_hidden_states = self.layer != -1
-
-    def check(self, config) -> None:
-        check_layer(self.layer, config.num_hidden_layers)
+        self.strategy = strategy
 
     def config(self) -> dict[str, Any]:
         return {"template": self.template, "strategy": self.strategy, "layer": self.layer}

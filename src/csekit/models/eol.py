@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from csekit.errors import CsekitError
 from csekit.models.decoder import left_pad_rows
-from csekit.models.pooling import Pooler, check_layer, last_token_states, layer_states, register_pooler
+from csekit.models.pooling import LayerChoice, last_token_states, layer_states, register_pooler
 
 #: Where the sentence goes in a template (the reference code's placeholder).
 SENTENCE = "*sent 0*"
@@ -147,15 +147,14 @@ def split_segments(inputs: Mapping[str, Tensor], count: int) -> list[dict[str, T
     return batches
 
 
-class EOLPooler(Pooler):
+class EOLPooler(LayerChoice):
     """The last token of a template around the sentence, at ``hidden_states[layer]``."""
 
     for_decoders = True
 
     def __init__(self, *, layer: int = -1, clean_sentences: bool = True):
-        super().__init__()
-        self.layer, self.clean_sentences = int(layer), bool(clean_sentences)
-        self.needs_hidden_states = self.layer != -1
+        super().__init__(layer=layer)
+        self.clean_sentences = bool(clean_sentences)
 
     @classmethod
     def create(cls, settings, *, config, tokenizer) -> EOLPooler:
@@ -166,9 +165,6 @@ class EOLPooler(Pooler):
         pooler = cls(**settings)
         pooler.check(config)
         return pooler
-
-    def check(self, config) -> None:
-        check_layer(self.layer, config.num_hidden_layers)
 
     def inference_texts(self, texts: Sequence[str]) -> list[str]:
         return [clean_sentence(text) for text in texts] if self.clean_sentences else list(texts)
