@@ -189,3 +189,17 @@ def test_smollm2_from_gguf_batches_like_single_sentences_and_saves_as_a_plain_ch
         assert np.abs(reloaded.encode(TEXTS, batch_size=len(TEXTS)) - batched).max() < 1e-5 * np.abs(batched).max()
     finally:
         smollm2.set_pooler("last_token")
+
+
+@pytest.mark.parametrize("name", ["prompteol", "metaeol", "echo", "contrastive_prompting"])
+def test_prompt_poolers_train_the_decoder_from_right_padded_batches(name):
+    """The training path (csekit's collate pads right) gives encode's rows, with a gradient into the backbone."""
+    encoder = make_tiny_decoder()
+    encoder.set_pooler(build_pooler(name, config=encoder.backbone.config, tokenizer=encoder.tokenizer,
+                                    settings={"steer_layer": 1, "output_layer": 2} if name == "contrastive_prompting" else None))  # fmt: skip
+    rows = encoder.inference_tokens(TEXTS)
+    embeddings = encoder.train()(**pad_batch(rows, encoder.pad_token_id))  # (B, H)
+    assert (embeddings.detach() - torch.from_numpy(encoder.encode(TEXTS, batch_size=1))).abs().max() < 1e-5
+    embeddings.pow(2).sum().backward()
+    grads = [p.grad for p in encoder.backbone.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads) and any(g.abs().sum() > 0 for g in grads)
