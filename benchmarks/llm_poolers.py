@@ -132,8 +132,9 @@ def markdown(path: str, data_dir: str | None) -> str:
         for name in POOLERS:
             lines.append(f"| {name} | " + " | ".join(f"{scores[name]:.2f}" if name in scores else "—"
                                                      for _, scores in common.values()) + " |")  # fmt: skip
-    machines = {describe(run["machine"]) for run in runs.values()}
-    return "\n".join(lines) + "\n\nMachine: " + "; ".join(sorted(machines)) + "\n"
+    first, loads = next(iter(runs.values()))["machine"], [run["machine"]["load_1min"] for run in runs.values()]
+    machine_line = describe(first).replace(f"load {first['load_1min']}", f"load {min(loads)}-{max(loads)}")
+    return "\n".join(lines) + "\n\nMachine: " + machine_line + " (each pooler's start)\n"
 
 
 def _spearman(run: dict, pair_ids: list[int], gold: np.ndarray) -> float:
