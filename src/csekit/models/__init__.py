@@ -1,5 +1,6 @@
 """Encoders: a Hugging Face backbone, a pooler, an optional head, output modules, and sentence-transformers I/O."""
 
+from csekit.models import contrastive_prompting, echo, eol  # noqa: F401  (decoder prompt poolers register)
 from csekit.models.encoder import SentenceEncoder
 from csekit.models.loading import load_encoder, load_transformer
 from csekit.models.modules import AffineMap, MLPHead

@@ -15,6 +15,9 @@
   after the output modules and before ``normalize``;
 - ``normalize`` makes ``encode`` return unit rows (a saved ``Normalize`` module).
 
+A decoder (a causal LM's base model, :mod:`csekit.models.decoder`) runs on left-padded rows whatever the
+caller padded, and its tokenizer pads with the end-of-sequence token where it has no padding token.
+
 The stages change only through :meth:`SentenceEncoder.set_pooler`, :meth:`set_head` and
 :meth:`set_outputs`, which keep them consistent (a head only where the pooler takes one; the attention
 implementation a pooler needs).
@@ -37,6 +40,7 @@ from transformers.utils import logging as hf_logging
 
 from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError, CsekitNote
+from csekit.models.decoder import decoder_forward, is_decoder, prepare_tokenizer, split_reference
 from csekit.models.depth import LayerTap, check_dim, cut_backbone, outputs_at_layer
 from csekit.models.modules import MLPHead
 from csekit.models.packing import packed_forward
@@ -70,6 +74,9 @@ class SentenceEncoder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.tokenizer = tokenizer
+        self.is_decoder = is_decoder(backbone)
+        if self.is_decoder:
+            prepare_tokenizer(tokenizer)
         self.head: nn.Module | None = None
         self.set_pooler(pooler, head=head)  # checks the pooler, and sets the head it takes
         self.head_at_inference = head_at_inference
@@ -87,30 +94,40 @@ class SentenceEncoder(nn.Module):
         cls,
         name_or_path: str,
         *,
-        pooler: str = "cls",
+        pooler: str | None = None,
         pooler_settings: dict | None = None,
         head_at_inference: bool = True,
         max_length: int | None = None,
         pretrained_head: bool = True,
         **hf_kwargs,
     ) -> SentenceEncoder:
-        """Wrap a Hugging Face encoder (a local folder or a hub id); ``pooler_settings`` as the pooler's
-        ``config()`` returns them (a prompt's template), its defaults when None.
+        """Wrap a Hugging Face encoder or decoder (a local folder, a hub id, or ``FOLDER#gguf=FILE``);
+        ``pooler`` by default ``cls`` for an encoder and ``last_token`` for a decoder; ``pooler_settings`` as
+        the pooler's ``config()`` returns them (a prompt's template), its defaults when None.
 
         For ``pooler="cls"`` the head starts from the checkpoint's own pooler (BERT's dense + tanh, what
         SimCSE's evaluation calls ``cls`` for a raw model) when the checkpoint has one and
         ``pretrained_head`` is set, and from a fresh initialisation otherwise (SimCSE's training).
         """
-        check_model_reference(name_or_path)
-        if isinstance(pooler, str):
+        folder, gguf_file = split_reference(name_or_path)
+        check_model_reference(folder)
+        if pooler is not None:
             check_pooler(pooler)  # before the download
-        check_model_files(name_or_path)
+        if gguf_file is None:
+            check_model_files(folder)
+        else:
+            hf_kwargs["gguf_file"] = gguf_file
         try:
             with quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-                backbone, info = AutoModel.from_pretrained(name_or_path, output_loading_info=True, **hf_kwargs)
+                tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
+                backbone, info = AutoModel.from_pretrained(folder, output_loading_info=True, **hf_kwargs)
         except Exception as error:  # OSError, a truncated safetensors file, a config transformers cannot read, ...
             raise CsekitError(f"cannot load model {name_or_path!r}: {first_line(error)}") from None
+        if gguf_file is not None:  # de-quantized to float32: saved, it is a plain checkpoint
+            backbone.config.__dict__.pop("quantization_config", None)
+            backbone.hf_quantizer = None
+        if pooler is None:
+            pooler = "last_token" if is_decoder(backbone) else "cls"
         vocabulary, rows = len(tokenizer), backbone.get_input_embeddings().num_embeddings
         if vocabulary < rows / 2:
             raise CsekitError(f"{name_or_path}: its tokenizer has {vocabulary} tokens for {rows} embedding rows: they "
@@ -148,6 +165,9 @@ class SentenceEncoder(nn.Module):
             pooler.check(config)
         if head is not None and not pooler.wants_head:
             raise CsekitError(f"a head goes with the cls pooler, not {pooler.name!r}")
+        if pooler.for_decoders and not self.is_decoder:
+            raise CsekitError(f"pooler {pooler.name!r} reads a causal language model's last token: give it a decoder "
+                              f"backbone, not {type(self.backbone).__name__}")  # fmt: skip
         if pooler.needs_attentions and getattr(config, "_attn_implementation", "eager") != "eager":
             try:
                 self.backbone.set_attn_implementation("eager")
@@ -202,6 +222,8 @@ class SentenceEncoder(nn.Module):
         if row_tokens is not None:
             if self.prefix is not None:
                 raise CsekitError("a model with a prefix runs on padded batches, not packed rows")
+            if self.is_decoder:
+                raise CsekitError("packed rows are for encoders: a decoder runs on left-padded rows")
             if self.pooler.needs_attentions:
                 raise CsekitError(f"pooler {self.pooler.name!r} reads attention maps, which packed rows do not give")
             if row_tokens < 1:
@@ -239,8 +261,14 @@ class SentenceEncoder(nn.Module):
         tap = self.layer_tap
         if tap is not None and tap.replaying is not None:
             return tap.replay()  # (B, H) of a shallower layer, recorded in the same pass
+        if self.pooler.runs_backbone:
+            if tap is not None:
+                raise CsekitError(f"pooler {self.pooler.name!r} runs several backbone passes: it cannot train shallower layers")
+            return self.finish(self.pooler.embed(self.backbone, self.run_backbone, inputs))
         hidden_states = self.pooler.needs_hidden_states or tap is not None
-        if self.row_tokens:
+        if self.is_decoder:
+            outputs, inputs = self.run_backbone(inputs, output_hidden_states=hidden_states)
+        elif self.row_tokens:
             outputs = packed_forward(self.backbone, inputs, row_tokens=self.row_tokens,
                                      output_hidden_states=hidden_states)  # fmt: skip
         else:
@@ -251,9 +279,21 @@ class SentenceEncoder(nn.Module):
             tap.record({layer: self.pool(outputs_at_layer(outputs, layer), inputs) for layer in tap.layers})
         return self.pool(outputs, inputs)
 
+    def run_backbone(self, inputs: dict[str, Tensor], *, output_hidden_states: bool) -> tuple[object, dict[str, Tensor]]:
+        """The backbone's outputs for tokenized ``inputs`` and the inputs they align with: a decoder's rows
+        left-padded, with position ids from their first real token (:func:`~csekit.models.decoder.decoder_forward`)."""
+        if self.is_decoder:
+            return decoder_forward(self.backbone, inputs, output_hidden_states=output_hidden_states,
+                                   output_attentions=self.pooler.needs_attentions)  # fmt: skip
+        outputs = self.backbone(**inputs, output_hidden_states=output_hidden_states, return_dict=True)
+        return outputs, dict(inputs)
+
     def pool(self, outputs, inputs: dict[str, Tensor]) -> Tensor:
         """The backbone's outputs -> (B, H) embeddings: pooler, head, output modules, prefix."""
-        embeddings = self.pooler(outputs, inputs, self.backbone)  # (B, H)
+        return self.finish(self.pooler(outputs, inputs, self.backbone))  # (B, H)
+
+    def finish(self, embeddings: Tensor) -> Tensor:
+        """(B, H) pooled embeddings -> the head, output modules and prefix after them."""
         if self.uses_head:
             embeddings = self.head(embeddings)
         for module in self.outputs:
@@ -269,7 +309,8 @@ class SentenceEncoder(nn.Module):
 
     @property
     def model_input_names(self) -> list[str]:
-        return [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in self.tokenizer.model_input_names]
+        names = [*self.tokenizer.model_input_names, *self.pooler.input_fields]
+        return [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in names]
 
     @property
     def pad_token_id(self) -> int:

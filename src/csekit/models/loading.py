@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from csekit.errors import CsekitError
+from csekit.models.decoder import split_reference
 from csekit.models.encoder import SentenceEncoder, check_model_reference
 from csekit.models.modules import AffineMap, MLPHead, dense_activation
 from csekit.models.pooling import POOLERS, Pooler, check_pooler
@@ -36,6 +37,7 @@ def load_encoder(
     (a 2D Matryoshka model used shallower). Both are checked against the model (one-line errors naming the range).
 
     For a sentence-transformers model the saved pooler is used unless ``pooler`` overrides it; a plain
+    decoder (a causal LM, ``FOLDER#gguf=FILE`` for a GGUF file) gets ``pooler`` or ``last_token``; a plain
     encoder gets ``pooler`` or, by default, ``cls`` (SimCSE's default), whose head starts from the
     checkpoint's own pooler when ``pretrained_head`` (SimCSE's evaluation of a raw model) and fresh
     otherwise (SimCSE's training). A ``StaticEmbedding`` folder is a :class:`StaticEncoder`, which has no
@@ -54,12 +56,14 @@ def load_encoder(
 
 def _load(name_or_path: str, *, pooler: str | None, max_length: int | None,
           pretrained_head: bool) -> SentenceEncoder | StaticEncoder:  # fmt: skip
-    check_model_reference(name_or_path)
     if pooler is not None:
         check_pooler(pooler)
+    if split_reference(name_or_path)[1] is not None:  # a GGUF checkpoint: a plain causal LM
+        return SentenceEncoder.from_pretrained(name_or_path, pooler=pooler, max_length=max_length)
+    check_model_reference(name_or_path)
     modules = _read_modules(name_or_path)
     if modules is None:
-        return SentenceEncoder.from_pretrained(name_or_path, pooler=pooler or "cls", max_length=max_length,
+        return SentenceEncoder.from_pretrained(name_or_path, pooler=pooler, max_length=max_length,
                                                pretrained_head=pretrained_head)  # fmt: skip
     kinds = [_kind(module) for module in modules]
     if kinds[0] == "StaticEmbedding":
@@ -101,6 +105,8 @@ def _load(name_or_path: str, *, pooler: str | None, max_length: int | None,
 def load_transformer(name_or_path: str | os.PathLike, *, purpose: str, **options: Any) -> SentenceEncoder:
     """:func:`load_encoder` for what needs the transformer itself (training, post-processing, distilling from
     it): a static model, which has none, is refused naming ``purpose``, whatever the other options."""
+    if split_reference(str(name_or_path))[1] is not None:  # a GGUF checkpoint: a causal LM
+        return load_encoder(name_or_path, **options)
     check_model_reference(str(name_or_path))
     modules = _read_modules(str(name_or_path))
     if modules and _kind(modules[0]) == "StaticEmbedding":

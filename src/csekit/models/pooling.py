@@ -18,13 +18,19 @@ SimCSE poolers (Gao et al. 2021, Sec. 6.3 and ``simcse/models.py::Pooler``) live
   the output of the first transformer block, ``hidden_states[1]``, as in SimCSE's evaluation;
 - ``last2avg``: mean over tokens of (last two layers) / 2 (SimCSE's ``avg_top2``).
 
-PromptBERT's ``mask`` and ``mask_denoised`` are in :mod:`csekit.models.prompt`; the training-free
-poolers (WhiteningBERT's layer sets, Ditto) register from :mod:`csekit.postprocess`.
+For decoders (:mod:`csekit.models.decoder`): ``last_token``, the state of each row's last real token, and
+``mean`` both read ``hidden_states[layer]`` (``layer``: 0 = the embedding output, ``L`` or -1 = the last
+layer, the model's final output; negative indices count from the end).
+
+PromptBERT's ``mask`` and ``mask_denoised`` are in :mod:`csekit.models.prompt`; the decoder prompt poolers
+(PromptEOL, MetaEOL, echo, contrastive prompting) in :mod:`csekit.models.eol`, :mod:`csekit.models.echo` and
+:mod:`csekit.models.contrastive_prompting`; the training-free poolers (WhiteningBERT's layer sets, Ditto)
+register from :mod:`csekit.postprocess`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -57,6 +63,25 @@ def masked_mean(token_states: Tensor, attention_mask: Tensor) -> Tensor:
     return summed / mask.sum(dim=1).clamp(min=1e-9)
 
 
+def last_token_states(token_states: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B, T, H) states, (B, T) mask -> (B, H) the state of each row's last real token (padding on either side)."""
+    last = attention_mask.shape[1] - 1 - (attention_mask != 0).int().flip(1).argmax(dim=1)  # (B,)
+    return token_states[torch.arange(token_states.shape[0], device=token_states.device), last]
+
+
+def check_layer(layer: int, num_layers: int, what: str = "layer") -> int:
+    """``layer`` as an index into ``hidden_states`` (0..L), negative ones counting from the end; else a one-line error."""
+    if not -(num_layers + 1) <= layer <= num_layers:
+        raise CsekitError(f"{what} {layer} is out of range: the model has hidden states 0..{num_layers} "
+                          f"(or -{num_layers + 1}..-1 from the end)")  # fmt: skip
+    return layer
+
+
+def layer_states(outputs, layer: int) -> Tensor:
+    """(B, T, H) ``hidden_states[layer]``; the last layer is the model's final output (after its final norm)."""
+    return outputs.last_hidden_state if layer == -1 else outputs.hidden_states[layer]
+
+
 def mean_of_layers(hidden_states: Sequence[Tensor], layers: Sequence[int]) -> Tensor:
     """The average of ``hidden_states[i]`` for i in ``layers``: (B, T, H)."""
     return torch.stack([hidden_states[i] for i in layers]).mean(dim=0)  # (len(layers), B, T, H) -> (B, T, H)
@@ -72,6 +97,14 @@ class Pooler(nn.Module):
     needs_attentions: ClassVar[bool] = False
     #: Whether the encoder puts SimCSE's MLP head (dense + tanh) after it (``cls``).
     wants_head: ClassVar[bool] = False
+    #: Whether it needs a decoder backbone (a prompt read off at the last token of a causal LM).
+    for_decoders: ClassVar[bool] = False
+    #: Fields its ``tokenize`` adds to the tokenizer's own (decoder prompt poolers mark prompt tokens in
+    #: ``token_type_ids``, which decoders do not read).
+    input_fields: ClassVar[tuple[str, ...]] = ()
+    #: Whether it runs the backbone itself (several prompts per sentence, steering): then the encoder calls
+    #: :meth:`embed` instead of running the backbone and calling ``forward``.
+    runs_backbone: ClassVar[bool] = False
 
     @classmethod
     def create(cls, settings: Mapping[str, Any], *, config, tokenizer) -> Pooler:
@@ -104,6 +137,13 @@ class Pooler(nn.Module):
     def forward(self, outputs, inputs: Mapping[str, Tensor], backbone: nn.Module) -> Tensor:
         raise NotImplementedError
 
+    def embed(self, backbone: nn.Module, run: Callable[..., tuple[Any, dict[str, Tensor]]],
+              inputs: Mapping[str, Tensor]) -> Tensor:  # fmt: skip
+        """(B, H) embeddings of the tokenized ``inputs`` for a pooler that ``runs_backbone``; ``run(inputs,
+        output_hidden_states=...)`` runs the backbone as the encoder does and returns its outputs and the
+        inputs they align with (left-padded for a decoder)."""
+        raise NotImplementedError
+
     def stock_modules(self, hidden_size: int, num_layers: int) -> list[StockModule] | None:
         """The stock modules that follow a ``Transformer`` to compute this pooler, or None (no stock module
         can: the saved folder then names csekit's own input module, see :mod:`csekit.models.st_module`)."""
@@ -120,6 +160,7 @@ def _pooling(hidden_size: int, mode: str) -> StockModule:
         "pooling_mode_mean_tokens": mode == "mean",
         "pooling_mode_max_tokens": mode == "max",
         "pooling_mode_mean_sqrt_len_tokens": False,
+        **({"pooling_mode_lasttoken": True} if mode == "lasttoken" else {}),
     })  # fmt: skip
 
 
@@ -140,14 +181,41 @@ class CLSPooler(CLSBeforePooler):
     wants_head = True
 
 
-class MeanPooler(Pooler):
+class LayerChoice(Pooler):
+    """A pooler over one layer's token states, ``hidden_states[layer]`` (default -1: the last layer)."""
+
+    def __init__(self, *, layer: int = -1):
+        super().__init__()
+        self.layer = int(layer)
+        self.needs_hidden_states = self.layer != -1
+
+    def check(self, config) -> None:
+        check_layer(self.layer, config.num_hidden_layers)
+
+    def config(self) -> dict[str, Any]:
+        return {} if self.layer == -1 else {"layer": self.layer}
+
+
+class MeanPooler(LayerChoice):
     name = "mean"
 
     def forward(self, outputs, inputs: Mapping[str, Tensor], backbone: nn.Module) -> Tensor:
-        return masked_mean(outputs.last_hidden_state, inputs["attention_mask"])  # (B, H)
+        return masked_mean(layer_states(outputs, self.layer), inputs["attention_mask"])  # (B, H)
 
-    def stock_modules(self, hidden_size: int, num_layers: int) -> list[StockModule]:
-        return [_pooling(hidden_size, "mean")]
+    def stock_modules(self, hidden_size: int, num_layers: int) -> list[StockModule] | None:
+        return [_pooling(hidden_size, "mean")] if self.layer == -1 else None
+
+
+class LastTokenPooler(LayerChoice):
+    """The state of each row's last real token: for a decoder, the one token that has seen the whole sentence."""
+
+    name = "last_token"
+
+    def forward(self, outputs, inputs: Mapping[str, Tensor], backbone: nn.Module) -> Tensor:
+        return last_token_states(layer_states(outputs, self.layer), inputs["attention_mask"])  # (B, H)
+
+    def stock_modules(self, hidden_size: int, num_layers: int) -> list[StockModule] | None:
+        return [_pooling(hidden_size, "lasttoken")] if self.layer == -1 else None
 
 
 class MaxPooler(Pooler):
@@ -208,7 +276,7 @@ def register_pooler(cls: type[Pooler]) -> type[Pooler]:
     return cls
 
 
-for _pooler in (CLSPooler, CLSBeforePooler, MeanPooler, MaxPooler, FirstLastAvgPooler, Last2AvgPooler):
+for _pooler in (CLSPooler, CLSBeforePooler, MeanPooler, MaxPooler, FirstLastAvgPooler, Last2AvgPooler, LastTokenPooler):
     register_pooler(_pooler)
 
 

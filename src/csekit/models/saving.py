@@ -95,7 +95,9 @@ def check_model_target(target: Path) -> None:
 def write_input(encoder: SentenceEncoder, folder: Path) -> list[StockModule]:
     """Backbone, tokenizer and pooler settings into ``folder``; returns the input's module entries."""
     backbone, config = encoder.backbone, encoder.backbone.config
-    stock = encoder.pooler.stock_modules(config.hidden_size, config.num_hidden_layers)
+    # A decoder needs left padding with position ids from the first real token, which the stock Transformer
+    # module does not give: its folder always names csekit's input module.
+    stock = None if encoder.is_decoder else encoder.pooler.stock_modules(config.hidden_size, config.num_hidden_layers)
     # The stock Transformer module hands all layers on only when the saved config asks for hidden
     # states; the live model keeps the flag off (it would slow training).
     previous_flag = config.output_hidden_states

@@ -49,7 +49,8 @@ class TrainConfig:
     objective: str = "simcse"
     """Training objective, a name from ``csekit.objectives.OBJECTIVES``."""
     pooler: str = "cls"
-    """Pooler (cls, cls_before_pooler, mean, max, first_last_avg, last2avg; mask, mask_denoised for prompts)."""
+    """Pooler (cls, cls_before_pooler, mean, max, first_last_avg, last2avg; mask, mask_denoised for prompts;
+    last_token, prompteol, metaeol, echo, contrastive_prompting for decoders)."""
     mlp_only_train: bool = False
     """Use the cls pooler's MLP head in training only and drop it from the saved model (unsup SimCSE)."""
     dropout: float | None = None
