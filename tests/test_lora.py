@@ -1,0 +1,151 @@
+"""LoRA adapters with any objective, gradient checkpointing, and the adapter and merged saves."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import make_tiny_encoder, save_tiny_llama, write_recipe
+from safetensors.torch import load_file
+from test_objectives_contract import CONTRACT_OPTIONS, CONTRACT_POOLERS, batch_for
+
+from csekit.errors import CsekitError
+from csekit.models import load_encoder
+from csekit.models.lora import add_lora, merged
+from csekit.objectives import OBJECTIVES, RunContext, build_objective
+from csekit.training.config import TrainConfig
+from csekit.training.trainer import build_model
+
+SENTENCES = ["a man plays the guitar .", "two dogs run in the snow .", "the market fell today ."]
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("llama") / "model")
+
+
+def _config(model, **overrides) -> TrainConfig:
+    values = {"model": str(model), "objective": "simcse_sup", "pooler": "mean", "dropout": 0.0,
+              "lora": {"r": 4, "alpha": 8, "dropout": 0.0}, "eval_steps": 0}  # fmt: skip
+    return TrainConfig.from_dict({**values, **overrides})
+
+
+@pytest.mark.parametrize("name", OBJECTIVES)
+def test_every_objective_trains_only_the_adapters_and_its_own_modules(name):
+    encoder = make_tiny_encoder(CONTRACT_POOLERS.get(name, "cls"))
+    add_lora(encoder, {"r": 2, "alpha": 4, "target_modules": ["query", "value"]}, base_model="tiny")
+    objective = build_objective(name, encoder, options=CONTRACT_OPTIONS.get(name), context=RunContext(batch_size=6))
+    encoder.train(), objective.train()
+    loss = sum(objective(encoder, batch_for(objective, encoder)).values())
+    loss.backward()
+    trained = {n for n, p in encoder.backbone.named_parameters() if p.requires_grad}
+    assert trained and all(".lora_" in n for n in trained)  # the backbone's own weights are frozen
+    assert not any(p.grad is not None for n, p in encoder.backbone.named_parameters() if n not in trained)
+    b_grads = [p.grad for n, p in encoder.backbone.named_parameters() if ".lora_B." in n]
+    assert all(grad is not None for grad in b_grads)
+    if loss > 0:  # DebCSE's copy of the untrained model takes every negative for a false one: a zero loss
+        # B starts at zero, so B gets a gradient in the first step (A's is B^T times something: zero).
+        assert any(grad.abs().sum() > 0 for grad in b_grads)
+
+
+def test_bad_lora_options_are_one_line_errors_naming_what_is_allowed(tiny_llama):
+    for lora, message in (({"rank": 8}, "unknown option.*rank; allowed: r, alpha, dropout, target_modules, save"),
+                          ({"r": 0}, "r must be an integer >= 1"), ({"dropout": 1.5}, r"dropout must be a number in \[0, 1\)"),
+                          ({"save": "both"}, "save must be adapter or merged"), ([8], "lora must be a mapping")):  # fmt: skip
+        with pytest.raises(CsekitError, match=message) as error:
+            _config(tiny_llama, lora=lora)
+        assert "\n" not in str(error.value)
+    with pytest.raises(CsekitError, match="target_modules wq are not linear layers of LlamaModel; it has down_proj"):
+        build_model(_config(tiny_llama, lora={"target_modules": ["wq"]}))
+
+
+def _loss_and_grads(config: TrainConfig):
+    torch.manual_seed(0)
+    encoder, objective = build_model(config)
+    with torch.no_grad():  # a trained-looking adapter: A's gradients are then not zero either
+        for name, parameter in encoder.backbone.named_parameters():
+            if ".lora_B." in name:
+                parameter.normal_(std=0.1)
+    loss = sum(objective(encoder, batch_for(objective, encoder)).values())
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in encoder.named_parameters() if p.requires_grad}
+    return loss.detach(), grads, encoder
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(tiny_llama):
+    plain_loss, plain, _ = _loss_and_grads(_config(tiny_llama))
+    loss, grads, encoder = _loss_and_grads(_config(tiny_llama, gradient_checkpointing=True))
+    assert encoder.backbone.get_base_model().is_activation_checkpointing
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=1e-6)
+    assert grads.keys() == plain.keys() and any(".lora_A." in n for n in grads)
+    for name, grad in plain.items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_gradient_checkpointing_without_lora_trains_every_weight(tiny_llama):
+    plain_loss, plain, _ = _loss_and_grads(_config(tiny_llama, lora=None))
+    loss, grads, _ = _loss_and_grads(_config(tiny_llama, lora=None, gradient_checkpointing=True))
+    torch.testing.assert_close(loss, plain_loss, rtol=0, atol=1e-6)
+    for name, grad in plain.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def _trained(config: TrainConfig, steps: int = 3):
+    torch.manual_seed(0)
+    encoder, objective = build_model(config)
+    optimizer = torch.optim.AdamW([p for p in encoder.parameters() if p.requires_grad], lr=1e-2)
+    batch = batch_for(objective, encoder)
+    for _ in range(steps):
+        sum(objective(encoder, batch).values()).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return encoder
+
+
+def test_adapter_and_merged_saves_reload_with_the_trained_embeddings(tiny_llama, tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    encoder = _trained(_config(tiny_llama))
+    expected = encoder.encode(SENTENCES)
+    untrained = load_encoder(tiny_llama).encode(SENTENCES)
+    assert abs(expected - untrained).max() > 1e-3  # the adapters changed the embeddings
+
+    encoder.save(tmp_path / "adapter")
+    files = {path.name for path in (tmp_path / "adapter").iterdir()}
+    assert {"adapter_config.json", "adapter_model.safetensors", "modules.json"} <= files
+    assert "model.safetensors" not in files  # the base model is referenced, not copied
+    base = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"]
+    assert base == str(tiny_llama.resolve())
+    assert all(".lora_" in name for name in load_file(tmp_path / "adapter" / "adapter_model.safetensors"))
+    reloaded = load_encoder(tmp_path / "adapter")
+    assert abs(reloaded.encode(SENTENCES) - expected).max() < 1e-5
+
+    merged(encoder).save(tmp_path / "merged")
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert abs(load_encoder(tmp_path / "merged").encode(SENTENCES) - expected).max() < 1e-5
+    st = SentenceTransformer(str(tmp_path / "merged"), device="cpu")
+    assert abs(st.encode(SENTENCES) - expected).max() < 1e-5
+    assert abs(encoder.encode(SENTENCES) - expected).max() == 0  # merging worked on a copy
+
+
+def test_a_lora_run_saves_what_the_recipe_asks_and_changes_only_the_target_layers(tiny_llama, tmp_path):
+    from csekit.cli.main import main
+
+    lora = {"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"], "save": "merged"}
+    recipe = write_recipe(tmp_path, tiny_llama, pooler="mean", mlp_only_train=False, lora=lora,
+                          gradient_checkpointing=True, max_steps=3, save_steps=0)  # fmt: skip
+    assert main(["train", str(recipe)]) == 0
+    base, trained = load_file(tiny_llama / "model.safetensors"), load_file(tmp_path / "run" / "final" / "model.safetensors")
+    assert trained.keys() == base.keys()
+    changed = {name for name in base if not torch.equal(base[name], trained[name])}
+    assert changed and all(name.endswith(("q_proj.weight", "v_proj.weight")) for name in changed)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    recipe = write_recipe(adapter, tiny_llama, pooler="mean", mlp_only_train=False, lora={**lora, "save": "adapter"},
+                          max_steps=3, save_steps=0)  # fmt: skip
+    assert main(["train", str(recipe)]) == 0
+    from_adapter = load_encoder(adapter / "run" / "final").encode(SENTENCES)
+    from_merged = load_encoder(tmp_path / "run" / "final").encode(SENTENCES)
+    assert abs(from_adapter - from_merged).max() < 1e-5  # checkpointing on or off, the same training
