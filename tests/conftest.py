@@ -358,11 +358,12 @@ def assert_resume_restores_the_queue(recipe: Path, run: Path, length_key: str) -
     return saved
 
 
-def train_single_and_two_ranks(folder: Path, **options) -> tuple[dict, dict, list[list[float]]]:
-    """Train a dropout-free tiny model for ``options`` twice: one process with batch 8, and two gloo
-    ranks under torchrun with batch 4 each. Returns both final weights and both logged loss curves."""
-    model = folder / "tiny-no-dropout"
-    make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save(model)
+def train_single_and_two_ranks(folder: Path, model: Path | None = None, **options) -> tuple[dict, dict, list[list[float]]]:
+    """Train a dropout-free tiny model (or ``model``) for ``options`` twice: one process with batch 8, and two
+    gloo ranks under torchrun with batch 4 each. Returns both final weights and both logged loss curves."""
+    if model is None:
+        model = folder / "tiny-no-dropout"
+        make_tiny_encoder(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0).save(model)
     single, double = folder / "single", folder / "double"
     single.mkdir(), double.mkdir()
     options = {"save_steps": 0, **options}
