@@ -397,15 +397,3 @@ def run_gloo_workers(worker, out_dir: Path, *args, world_size: int = 2) -> list[
             pytest.fail("the gloo workers did not finish in 120 s")
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(world_size)]
 
-
-def save_tiny_llama(folder: Path, *, seed: int = 0, **config_overrides) -> Path:
-    """A 2-layer, 32-wide random Llama decoder (grouped-query attention, RoPE, SwiGLU) over the tiny encoders'
-    vocabulary, saved with mean pooling as a csekit model folder: what LoRA and FSDP tests train."""
-    from transformers import LlamaConfig, LlamaModel
-
-    settings = dict(vocab_size=30522, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                    num_key_value_heads=1, max_position_embeddings=128, pad_token_id=0)  # fmt: skip
-    torch.manual_seed(seed)
-    backbone = LlamaModel(LlamaConfig(**{**settings, **config_overrides}))
-    SentenceEncoder(backbone, tiny_tokenizer(), pooler="mean", max_length=64).save(folder)
-    return folder

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import run_gloo_workers, save_tiny_llama, train_single_and_two_ranks
+from conftest import make_tiny_decoder, run_gloo_workers, train_single_and_two_ranks
 
 from csekit.errors import CsekitError
 from csekit.models import load_encoder
@@ -21,7 +21,8 @@ LORA = {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj
 
 @pytest.mark.parametrize("lora", [None, LORA], ids=["full", "lora"])
 def test_two_sharded_ranks_train_like_one_process_with_the_whole_batch(tmp_path, lora):
-    model = save_tiny_llama(tmp_path / "llama")
+    model = tmp_path / "llama"
+    make_tiny_decoder("mean").save(model)
     one, two, losses = train_single_and_two_ranks(tmp_path, model, fsdp=True, lora=lora, pooler="mean",
                                                   mlp_only_train=False, max_steps=3, learning_rate=1e-2)  # fmt: skip
     start = load_encoder(model).state_dict()
@@ -30,7 +31,7 @@ def test_two_sharded_ranks_train_like_one_process_with_the_whole_batch(tmp_path,
     for name in one:
         torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=0, msg=name)
         moved += not torch.equal(one[name], start[f"backbone.{name}"])
-    assert moved > 0 and (lora is None or moved == 4)  # LoRA on q_proj and v_proj of two layers
+    assert moved > 0 and (lora is None or moved == 6)  # LoRA on q_proj and v_proj of three layers
     assert losses[0] == pytest.approx(losses[1], abs=1e-5)
 
 
@@ -59,7 +60,8 @@ def _shard_worker(rank: int, port: int, out_dir: str, model: str) -> None:
 
 
 def test_sharding_keeps_half_of_each_weight_per_rank_and_saving_gathers_it_whole_on_rank_0(tmp_path):
-    model = save_tiny_llama(tmp_path / "llama")
+    model = tmp_path / "llama"
+    make_tiny_decoder("mean").save(model)
     ranks = run_gloo_workers(_shard_worker, tmp_path, str(model))
     full = {name: value.numel() for name, value in ranks[0]["expected"].items()}
     for name in ranks[0]["local"]:  # dim-0 shards: half each (one more row on rank 0 when odd)
