@@ -153,3 +153,36 @@ def test_a_lora_run_saves_what_the_recipe_asks_and_changes_only_the_target_layer
     from_adapter = load_encoder(adapter / "run" / "final").encode(SENTENCES)
     from_merged = load_encoder(tmp_path / "run" / "final").encode(SENTENCES)
     assert abs(from_adapter - from_merged).max() < 1e-5  # checkpointing on or off, the same training
+
+
+
+def test_a_resumed_lora_run_ends_with_the_weights_of_the_uninterrupted_one(tiny_llama, tmp_path):
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from csekit.cli.main import main
+    from csekit.data.senteval import sha256_of
+
+    recipe = write_recipe(tmp_path, tiny_llama, pooler="mean", mlp_only_train=False, lora={"r": 4, "save": "merged"},
+                          max_steps=6, save_steps=4)  # fmt: skip
+    run = tmp_path / "run"
+    assert main(["train", str(recipe)]) == 0
+    expected = load_file(run / "final" / "model.safetensors")
+    shutil.rmtree(run / "final")
+    assert main(["train", str(recipe), "--resume"]) == 0  # from the checkpoint of step 4
+    resumed = load_file(run / "final" / "model.safetensors")
+    assert all(torch.equal(resumed[name], expected[name]) for name in expected)
+    # The checkpoint's adapters are what the resumed run continues from: with B zeroed it ends elsewhere.
+    checkpoint = run / "checkpoint" / "weights.safetensors"
+    saved = load_file(checkpoint)
+    adapters = [name for name in saved if ".lora_B." in name]
+    assert adapters and all(saved[name].abs().sum() > 0 for name in adapters)
+    save_file({**saved, **{name: torch.zeros_like(saved[name]) for name in adapters}}, checkpoint)
+    manifest = json.loads((checkpoint.parent / "manifest.json").read_text())
+    manifest[checkpoint.name] = {"sha256": sha256_of(checkpoint), "bytes": checkpoint.stat().st_size}
+    (checkpoint.parent / "manifest.json").write_text(json.dumps(manifest))
+    shutil.rmtree(run / "final")
+    assert main(["train", str(recipe), "--resume"]) == 0
+    emptied = load_file(run / "final" / "model.safetensors")
+    assert any(not torch.equal(emptied[name], expected[name]) for name in expected)
