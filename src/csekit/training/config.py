@@ -168,8 +168,8 @@ class TrainConfig:
                 refuse_held_out(path)
         except CsekitError as error:
             raise CsekitError(f"{source}: {error}") from None
-        if self.fsdp and (self.save_steps or (self.save_steps is None and self.eval_steps)):
-            raise CsekitError(f"{source}: fsdp writes no resumable checkpoint of sharded weights: set save_steps: 0")
+        if self.fsdp and self.save_steps:
+            raise CsekitError(f"{source}: fsdp writes no resumable checkpoint of sharded weights: leave save_steps unset")
         first = next(iter(families))
         self.eval_metric = self.eval_metric or f"{first}/{EVALUATORS[first].primary_metric}"
         if self.eval_metric.split("/", 1)[0] not in families:

@@ -13,7 +13,7 @@ replicated and are averaged by :class:`~csekit.training.gradient_sync.GradientSy
 Saving gathers the full state dict onto rank 0's CPU (``get_model_state_dict(full_state_dict=True,
 cpu_offload=True)``) into an unsharded copy of the encoder made before sharding, which saves as any encoder
 does. Model selection runs on every rank (each forward needs all of them); resumable checkpoints of sharded
-weights are not written (``save_steps`` must be 0).
+weights are not written (``save_steps`` stays unset, ``--resume`` is refused).
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ losses) and the gradient all-reduce overlapped with the last micro-batch's backw
 (:mod:`csekit.training.gradient_sync`). Every ``eval_steps`` the model is scored on the dev sets and the
 best one is kept, as SimCSE selects its models (any registered evaluator can select, by ``eval_metric``
 and its direction); every ``save_steps`` a checkpoint is written from which ``resume=True`` continues
-exactly.
+exactly. Big backbones train through LoRA adapters and with gradient checkpointing (:mod:`csekit.models.lora`),
+and under ``torchrun`` sharded with FSDP2 (:mod:`csekit.training.fsdp`).
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
     logger = MetricsLog(output, tensorboard=config.tensorboard, enabled=rank == 0,
                         keep_through=state.step if saved is not None else None)  # fmt: skip
     autocast = _autocast(config.precision, device)
-    save_steps = config.save_steps or config.eval_steps
+    save_steps = 0 if sharded else config.save_steps or config.eval_steps  # no resumable checkpoint of shards
 
     # A context, so that the bar is closed before any message and the message starts its own line.
     sync = GradientSync(fsdp.replicated(parameters) if sharded else parameters, world_size)
