@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 ADAPTER_CONFIG = "adapter_config.json"
 #: option -> (what is allowed, check).
 LORA_OPTIONS: dict[str, tuple[str, Any]] = {
-    "r": ("an integer >= 1", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1),
-    "alpha": ("a number > 0", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and v > 0),
-    "dropout": ("a number in [0, 1)", lambda v: isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v < 1),
+    "r": ("an integer >= 1", lambda v: _number(v) and isinstance(v, int) and v >= 1),
+    "alpha": ("a number > 0", lambda v: _number(v) and v > 0),
+    "dropout": ("a number in [0, 1)", lambda v: _number(v) and 0 <= v < 1),
     "target_modules": ("a list of module names (q_proj, v_proj, ...) or 'all-linear'",
                        lambda v: v == "all-linear" or (isinstance(v, list) and v and all(isinstance(n, str) for n in v))),
     "save": ("adapter or merged", lambda v: v in ("adapter", "merged")),
@@ -124,6 +124,10 @@ def load_adapter(backbone: nn.Module, folder: str | os.PathLike) -> nn.Module:
     from peft import PeftModel
 
     return PeftModel.from_pretrained(backbone, str(folder))
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _base(backbone: nn.Module) -> nn.Module:
