@@ -17,6 +17,8 @@ from csekit.objectives import OBJECTIVES, RunContext, build_objective
 from csekit.training.config import TrainConfig
 from csekit.training.trainer import build_model
 
+#: Objectives that train a copy of the backbone, by the prefix of its parameters.
+BACKBONE_COPIES = {"diffcse": "discriminator."}
 SENTENCES = ["a man plays the guitar .", "two dogs run in the snow .", "the market fell today ."]
 
 
@@ -44,11 +46,27 @@ def test_every_objective_trains_only_the_adapters_and_its_own_modules(name):
     trained = {n for n, p in encoder.backbone.named_parameters() if p.requires_grad}
     assert trained and all(".lora_" in n for n in trained)  # the backbone's own weights are frozen
     assert not any(p.grad is not None for n, p in encoder.backbone.named_parameters() if n not in trained)
+    # What the objective trains beside the backbone without LoRA (a head, a classifier) it still trains; a copy of
+    # the backbone (DiffCSE's discriminator) is copied with its adapters and trains those.
+    plain = _trained_beside_backbone(name, make_tiny_encoder(CONTRACT_POOLERS.get(name, "cls")))
+    copies = BACKBONE_COPIES.get(name, "no copy")
+    assert {n for n in plain if not n.startswith(copies)} <= {n for n, p in _beside_backbone(encoder, objective)
+                                                              if p.requires_grad}  # fmt: skip
     b_grads = [p.grad for n, p in encoder.backbone.named_parameters() if ".lora_B." in n]
     assert all(grad is not None for grad in b_grads)
     if loss > 0:  # DebCSE's copy of the untrained model takes every negative for a false one: a zero loss
         # B starts at zero, so B gets a gradient in the first step (A's is B^T times something: zero).
         assert any(grad.abs().sum() > 0 for grad in b_grads)
+
+
+def _beside_backbone(encoder, objective):
+    named = [*(("encoder." + n, p) for n, p in encoder.named_parameters()), *objective.named_parameters()]
+    return [(n, p) for n, p in named if not n.startswith("encoder.backbone.")]
+
+
+def _trained_beside_backbone(name, encoder) -> set[str]:
+    objective = build_objective(name, encoder, options=CONTRACT_OPTIONS.get(name), context=RunContext(batch_size=6))
+    return {n for n, p in _beside_backbone(encoder, objective) if p.requires_grad}
 
 
 def test_bad_lora_options_are_one_line_errors_naming_what_is_allowed(tiny_llama):
