@@ -28,9 +28,11 @@ def test_recipe_parses_and_is_named_after_its_method(recipe):
     # A recipe of a Matryoshka-family wrapper is named after the wrapper (matryoshka-cpu.yaml over cosent).
     named = [name for name in ("matryoshka", "matryoshka2d", "starbucks") if name in config.wrappers]
     method = named[0] if named else config.objective.replace("_", "-")
+    if config.lora is not None:  # a decoder's LoRA fine-tuning is named after its prompt (prompteol-lora-opt-2.7b.yaml)
+        method = f"{config.pooler.replace('_', '-')}-lora"
     assert recipe.stem.startswith(method + "-"), f"{recipe.name} should be named {method}-<model>.yaml"
     rest = recipe.stem[len(method) + 1 :]
-    assert rest == "cpu" or rest.replace("-", "").isalnum()
+    assert rest == "cpu" or rest.replace("-", "").replace(".", "").isalnum()
     if rest == "cpu":  # the small recipes run on the shared assets
         assert config.model.startswith("../shared/")
 

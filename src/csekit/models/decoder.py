@@ -90,7 +90,8 @@ def decoder_forward(backbone: nn.Module, inputs: Mapping[str, Tensor], *, output
     of each prompt (see :mod:`csekit.models.eol`)."""
     moved = left_padded(inputs)
     arguments = {key: moved[key] for key in ("input_ids", "attention_mask")}
-    if "position_ids" in inspect.signature(backbone.forward).parameters:
+    model = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone  # under LoRA adapters
+    if "position_ids" in inspect.signature(model.forward).parameters:
         arguments["position_ids"] = moved["position_ids"]
     outputs = backbone(**arguments, output_hidden_states=output_hidden_states, output_attentions=output_attentions,
                        return_dict=True)  # fmt: skip

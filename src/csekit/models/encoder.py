@@ -42,6 +42,7 @@ from csekit.data.collate import pad_batch
 from csekit.errors import CsekitError, CsekitNote
 from csekit.models.decoder import decoder_forward, is_decoder, prepare_tokenizer, split_reference
 from csekit.models.depth import LayerTap, check_dim, cut_backbone, outputs_at_layer
+from csekit.models.lora import adapter_base, load_adapter
 from csekit.models.modules import MLPHead
 from csekit.models.packing import packed_forward
 from csekit.models.pooling import Pooler, build_pooler, check_pooler
@@ -113,14 +114,17 @@ class SentenceEncoder(nn.Module):
         check_model_reference(folder)
         if pooler is not None:
             check_pooler(pooler)  # before the download
-        if gguf_file is None:
-            check_model_files(folder)
-        else:
+        base = adapter_base(folder)  # a LoRA adapter folder: its backbone is the base model it names + the adapters
+        weights, gguf_file = split_reference(base) if base else (folder, gguf_file)
+        if gguf_file is None or base is not None:
+            check_model_files(folder, adapter=base is not None)
+        if gguf_file is not None:
             hf_kwargs["gguf_file"] = gguf_file
         try:
             with quiet_transformers():
-                tokenizer = AutoTokenizer.from_pretrained(folder, **({"gguf_file": gguf_file} if gguf_file else {}))
-                backbone, info = AutoModel.from_pretrained(folder, output_loading_info=True, **hf_kwargs)
+                own_tokenizer = {"gguf_file": gguf_file} if gguf_file and base is None else {}  # an adapter folder has its own
+                tokenizer = AutoTokenizer.from_pretrained(folder, **own_tokenizer)
+                backbone, info = AutoModel.from_pretrained(weights, output_loading_info=True, **hf_kwargs)
         except Exception as error:  # OSError, a truncated safetensors file, a config transformers cannot read, ...
             raise CsekitError(f"cannot load model {name_or_path!r}: {first_line(error)}") from None
         if gguf_file is not None:  # de-quantized to float32: saved, it is a plain checkpoint
@@ -133,6 +137,8 @@ class SentenceEncoder(nn.Module):
             raise CsekitError(f"{name_or_path}: its tokenizer has {vocabulary} tokens for {rows} embedding rows: they "
                               "do not belong together (were the tokenizer files copied with the model?)")  # fmt: skip
         pretrained_pooler = _detach_pooler(backbone, info)
+        if base is not None:
+            backbone = load_adapter(backbone, folder)
         if isinstance(pooler, str):
             pooler = build_pooler(pooler, config=backbone.config, tokenizer=tokenizer, settings=pooler_settings)
         head = None  # set_pooler gives a pooler that wants a head a fresh one
@@ -396,12 +402,13 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", 
                    "tokenizer.model")  # fmt: skip
 
 
-def check_model_files(name_or_path: str) -> None:
-    """A local model folder has its config and its tokenizer (an empty or half-copied folder is refused)."""
+def check_model_files(name_or_path: str, *, adapter: bool = False) -> None:
+    """A local model folder has its config (an adapter folder: its adapter's) and its tokenizer (an empty or
+    half-copied folder is refused)."""
     folder = Path(name_or_path)
     if not folder.is_dir():
         return  # a hub id: the hub says what it lacks
-    if not (folder / "config.json").is_file():
+    if not adapter and not (folder / "config.json").is_file():
         raise CsekitError(f"model folder {name_or_path!r} has no config.json (an empty or partly copied folder?)")
     if not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise CsekitError(f"model folder {name_or_path!r} has no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...): "

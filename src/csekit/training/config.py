@@ -22,6 +22,7 @@ from csekit.data.labelled import refuse_held_out
 from csekit.data.readers import source_files
 from csekit.errors import CsekitError
 from csekit.evaluation import EVALUATORS, EvaluationSettings, split_tasks
+from csekit.models.lora import check_lora
 from csekit.models.pooling import check_pooler
 from csekit.objectives import check_recipe_options
 from csekit.objectives.options import coerce
@@ -57,6 +58,12 @@ class TrainConfig:
     """Override the backbone's hidden and attention dropout (SimCSE's noise); None keeps the model's."""
     head_init: str = "fresh"
     """The cls head's start: fresh (SimCSE's MLP is new) or pretrained (the checkpoint's own pooler, e.g. BERT's)."""
+    lora: dict[str, Any] | None = None
+    """Train LoRA adapters instead of the backbone: ``{r: 8, alpha: 16, dropout: 0.05, target_modules: all-linear, save: adapter|merged}``."""
+    gradient_checkpointing: bool = False
+    """Recompute the backbone's activations in backward instead of keeping them (less memory, same gradients)."""
+    fsdp: bool = False
+    """Under torchrun, shard the backbone (each layer, then the root) across the ranks with FSDP2 instead of replicating it."""
     # --- the method
     options: dict[str, Any] = field(default_factory=dict)
     """The objective's options (e.g. ``temperature``, ``dup_rate``), checked against its signature; ``--set options.NAME=V``."""
@@ -146,6 +153,7 @@ class TrainConfig:
         """Check choices and method options against the code (no model or data is loaded)."""
         try:
             check_pooler(self.pooler)
+            self.lora = check_lora(self.lora)
             check_recipe_options(self.objective, self.options, self.wrappers)
             families = split_tasks(self.eval_tasks, EvaluationSettings(mode="dev"))
         except CsekitError as error:
@@ -161,6 +169,8 @@ class TrainConfig:
                 refuse_held_out(path)
         except CsekitError as error:
             raise CsekitError(f"{source}: {error}") from None
+        if self.fsdp and self.save_steps:
+            raise CsekitError(f"{source}: fsdp writes no resumable checkpoint of sharded weights: leave save_steps unset")
         first = next(iter(families))
         self.eval_metric = self.eval_metric or f"{first}/{EVALUATORS[first].primary_metric}"
         if self.eval_metric.split("/", 1)[0] not in families:

@@ -7,11 +7,13 @@ losses) and the gradient all-reduce overlapped with the last micro-batch's backw
 (:mod:`csekit.training.gradient_sync`). Every ``eval_steps`` the model is scored on the dev sets and the
 best one is kept, as SimCSE selects its models (any registered evaluator can select, by ``eval_metric``
 and its direction); every ``save_steps`` a checkpoint is written from which ``resume=True`` continues
-exactly.
+exactly. Big backbones train through LoRA adapters and with gradient checkpointing (:mod:`csekit.models.lora`),
+and under ``torchrun`` sharded with FSDP2 (:mod:`csekit.training.fsdp`).
 """
 
 from __future__ import annotations
 
+import functools
 import random
 import sys
 import time
@@ -32,7 +34,9 @@ from csekit.errors import CsekitError, Interrupted
 from csekit.evaluation import EvaluationSettings, Evaluator, build_evaluators, evaluate_all, flat_metrics
 from csekit.inference.identity import tokenization_digest
 from csekit.models import SentenceEncoder, load_transformer
+from csekit.models.lora import add_lora, enable_gradient_checkpointing, merged
 from csekit.objectives import Objective, RunContext, build_objective
+from csekit.training import fsdp
 from csekit.training.checkpoint import TrainState, load_checkpoint, read_state, save_checkpoint
 from csekit.training.config import TrainConfig, check_resumable
 from csekit.training.grad_cache import grad_cache_step
@@ -63,6 +67,8 @@ def train(config: TrainConfig, *, resume: bool = False, overwrite: bool = False)
     output = Path(config.output_dir)
     device = init_distributed(config.device)
     rank = get_rank()
+    if config.fsdp and resume:
+        raise CsekitError("fsdp: sharded runs write no resumable checkpoint, so there is nothing to --resume")
     if rank == 0:
         check_output(output, resume=resume, overwrite=overwrite)
     with RunLock(output) if rank == 0 else nullcontext(), StopRequests() as stop:
@@ -81,6 +87,8 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
     _seed_everything(config.seed)
     encoder, objective = build_model(config, device)
     encoder.pack(config.pack_rows)
+    sharded = config.fsdp and world_size > 1
+    unsharded = fsdp.shard(encoder) if sharded else None  # rank 0's CPU copy, which saves the gathered weights
     if config.compile:  # in place: the parameters keep their names, so saving and checkpoints are unchanged
         encoder.backbone.compile()
     torch.manual_seed(config.seed + rank)  # ranks draw different dropout masks after a shared init
@@ -104,6 +112,8 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
     batches_per_epoch = data.num_batches(config.batch_size, drop_last=True, world_size=world_size)
     total_steps = _total_steps(config, batches_per_epoch)
     parameters = _unique_trainable(encoder, objective)
+    # A saved model is whole: under FSDP gathered (every rank takes part), written by rank 0.
+    save = functools.partial(_save, config, sharded=sharded, unsharded=unsharded)
     optimizer = _adamw(_param_groups(parameters, config.weight_decay), config.learning_rate)
     warmup = int(config.warmup_ratio * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _linear_schedule(step, warmup, total_steps))
@@ -120,15 +130,15 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
     checkpoint = {**parts, "rank": rank, "world_size": world_size, "config": config.to_dict()}
 
     evaluators = None
-    if config.eval_steps and rank == 0:
+    if config.eval_steps and (rank == 0 or sharded):  # a sharded forward needs every rank
         evaluators = build_evaluators(config.eval_tasks, EvaluationSettings(data_dir=config.data_dir, mode="dev"))
     logger = MetricsLog(output, tensorboard=config.tensorboard, enabled=rank == 0,
                         keep_through=state.step if saved is not None else None)  # fmt: skip
     autocast = _autocast(config.precision, device)
-    save_steps = config.save_steps or config.eval_steps
+    save_steps = 0 if sharded else config.save_steps or config.eval_steps  # no resumable checkpoint of shards
 
     # A context, so that the bar is closed before any message and the message starts its own line.
-    sync = GradientSync(parameters, world_size)
+    sync = GradientSync(fsdp.replicated(parameters) if sharded else parameters, world_size)
     with (tqdm(total=total_steps, initial=state.step, desc="train", disable=rank != 0, dynamic_ncols=True) as progress,
           closing(sync)):  # fmt: skip
         started, examples_at_start = time.perf_counter(), state.examples
@@ -159,9 +169,8 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
                         continue
                     micro = 0
                     sync.finish()
-                    grad_norm = (
-                        nn.utils.clip_grad_norm_(parameters, config.max_grad_norm) if config.max_grad_norm else None
-                    )
+                    clip = fsdp.clip_grad_norm if sharded else nn.utils.clip_grad_norm_
+                    grad_norm = clip(parameters, config.max_grad_norm) if config.max_grad_norm else None
                     optimizer.step()
                     objective.after_step(encoder)
                     scheduler.step()
@@ -183,7 +192,7 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
                                              sent_s=f"{rate:.0f}")  # fmt: skip
                     accumulated = {}
                     if evaluators is not None and state.step % config.eval_steps == 0:
-                        _evaluate(evaluators, config.eval_metric, encoder, objective, state, output, logger)
+                        _evaluate(evaluators, config.eval_metric, encoder, objective, state, output, logger, save)
                     saving = bool(save_steps) and state.step % save_steps == 0
                     if saving:
                         save_checkpoint(checkpoint_dir, **checkpoint, state=state)
@@ -191,9 +200,12 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
                     # asked only at logging steps, which wait for it anyway (a single process asks for free).
                     asking = world_size == 1 or state.step % config.logging_steps == 0
                     if asking and stop.requested(device):
+                        logger.close()
+                        if sharded:
+                            raise Interrupted(f"stopped at step {state.step} of {total_steps}; sharded runs write no "
+                                              "checkpoint")  # fmt: skip
                         if not saving:
                             save_checkpoint(checkpoint_dir, **checkpoint, state=state)
-                        logger.close()
                         raise Interrupted(f"stopped at step {state.step} of {total_steps}; the checkpoint is saved: continue "
                                           "with --resume")  # fmt: skip
                     if state.step >= total_steps:
@@ -205,11 +217,10 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
                         raise CsekitError(f"the training data has fewer than {config.batch_size * world_size} examples")
 
     if evaluators is not None and state.step % config.eval_steps != 0:
-        _evaluate(evaluators, config.eval_metric, encoder, objective, state, output, logger)
-    if rank == 0:
-        encoder.save(output / "final", heads=objective.saved_heads())
-        if evaluators is None:  # no model selection: the last model is the best one known
-            encoder.save(output / "best", heads=objective.saved_heads())
+        _evaluate(evaluators, config.eval_metric, encoder, objective, state, output, logger, save)
+    save(encoder, output / "final", heads=objective.saved_heads())
+    if evaluators is None:  # no model selection: the last model is the best one known
+        save(encoder, output / "best", heads=objective.saved_heads())
     logger.close()
     if world_size > 1:
         torch.distributed.barrier()
@@ -225,6 +236,10 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> tupl
     encoder.head_at_inference = not config.mlp_only_train
     if config.dropout is not None:
         set_dropout(encoder, config.dropout)
+    if config.gradient_checkpointing:
+        enable_gradient_checkpointing(encoder)
+    if config.lora is not None:  # after set_dropout: the adapters keep their own dropout
+        add_lora(encoder, config.lora, base_model=config.model)
     context = RunContext(model=config.model, batch_size=config.batch_size, max_length=config.max_length,
                          world_size=get_world_size())  # fmt: skip
     objective = build_objective(config.objective, encoder, options=config.options, context=context,
@@ -234,6 +249,15 @@ def build_model(config: TrainConfig, device: torch.device | str = "cpu") -> tupl
     encoder.train()
     objective.train()
     return encoder, objective
+
+
+def _save(config: TrainConfig, encoder: SentenceEncoder, path: Path, *, heads, sharded: bool,
+          unsharded: SentenceEncoder | None) -> None:  # fmt: skip
+    """Save as the recipe asks (LoRA adapters merged or not) from rank 0; a sharded encoder is gathered first."""
+    if sharded:
+        encoder = fsdp.gathered(encoder, unsharded)  # every rank sends its shards; rank 0 gets them
+    if get_rank() == 0:
+        (merged(encoder) if config.lora and config.lora["save"] == "merged" else encoder).save(path, heads=heads)
 
 
 def set_dropout(encoder: SentenceEncoder, probability: float) -> None:
@@ -247,7 +271,7 @@ def set_dropout(encoder: SentenceEncoder, probability: float) -> None:
 
 
 def _evaluate(evaluators: dict[str, Evaluator], metric: str, encoder: SentenceEncoder, objective: Objective,
-              state: TrainState, output: Path, logger) -> None:  # fmt: skip
+              state: TrainState, output: Path, logger, save) -> None:  # fmt: skip
     """Score the dev sets; keep the model as best/ when ``metric`` (family/name) improved in its direction."""
     results = evaluate_all(encoder, evaluators)  # encode() switches to eval mode and back
     family, name = metric.split("/", 1)
@@ -257,7 +281,7 @@ def _evaluate(evaluators: dict[str, Evaluator], metric: str, encoder: SentenceEn
     score = results[family][name]
     if evaluators[family].improves(name, score, state.best_metric):
         state.best_metric, state.best_step = score, state.step
-        encoder.save(output / "best", heads=objective.saved_heads())
+        save(encoder, output / "best", heads=objective.saved_heads())
     dev = {f"dev/{key}": value for key, value in flat_metrics(results).items() if key.count("/") == 1}
     logger.log(state.step, dev | {"dev/best": state.best_metric})
 
