@@ -19,6 +19,8 @@ from csekit.training.trainer import build_model
 
 #: Objectives that train a copy of the backbone, by the prefix of its parameters.
 BACKBONE_COPIES = {"diffcse": "discriminator."}
+#: Objectives that train a prefix over a frozen backbone, and so refuse adapters.
+PREFIX_ONLY = {"promcse", "promcse_sup"}
 SENTENCES = ["a man plays the guitar .", "two dogs run in the snow .", "the market fell today ."]
 
 
@@ -35,7 +37,15 @@ def _config(model, **overrides) -> TrainConfig:
     return TrainConfig.from_dict({**values, **overrides})
 
 
-@pytest.mark.parametrize("name", OBJECTIVES)
+@pytest.mark.parametrize("name", sorted(PREFIX_ONLY))
+def test_prefix_only_objectives_refuse_adapters(name):
+    encoder = make_tiny_encoder(CONTRACT_POOLERS.get(name, "cls"))
+    add_lora(encoder, {"r": 2, "alpha": 4, "target_modules": ["query", "value"]}, base_model="tiny")
+    with pytest.raises(CsekitError, match="takes no lora adapters"):
+        build_objective(name, encoder, options=CONTRACT_OPTIONS.get(name), context=RunContext(batch_size=6))
+
+
+@pytest.mark.parametrize("name", [name for name in OBJECTIVES if name not in PREFIX_ONLY])
 def test_every_objective_trains_only_the_adapters_and_its_own_modules(name):
     encoder = make_tiny_encoder(CONTRACT_POOLERS.get(name, "cls"))
     add_lora(encoder, {"r": 2, "alpha": 4, "target_modules": ["query", "value"]}, base_model="tiny")
@@ -60,8 +70,11 @@ def test_every_objective_trains_only_the_adapters_and_its_own_modules(name):
 
 
 def _beside_backbone(encoder, objective):
+    """Parameters outside the backbone; a weight tied to one of the backbone's (DenoSent's MLM decoder, the word
+    embeddings) is the backbone's."""
     named = [*(("encoder." + n, p) for n, p in encoder.named_parameters()), *objective.named_parameters()]
-    return [(n, p) for n, p in named if not n.startswith("encoder.backbone.")]
+    backbone = {id(p) for p in encoder.backbone.parameters()}
+    return [(n, p) for n, p in named if not n.startswith("encoder.backbone.") and id(p) not in backbone]
 
 
 def _trained_beside_backbone(name, encoder) -> set[str]:

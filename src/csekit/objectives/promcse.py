@@ -28,6 +28,7 @@ from torch import Tensor
 from csekit.errors import CsekitError
 from csekit.losses import energy_hinge
 from csekit.models.encoder import SentenceEncoder
+from csekit.models.lora import is_lora
 from csekit.models.prefix import DeepPrefix
 from csekit.objectives.base import Batch, Embeddings, RunContext
 from csekit.objectives.simcse import SupervisedSimCSE, UnsupervisedSimCSE
@@ -35,6 +36,9 @@ from csekit.objectives.simcse import SupervisedSimCSE, UnsupervisedSimCSE
 
 def train_prefix_only(encoder: SentenceEncoder, length: int) -> None:
     """Freeze the backbone and give ``encoder`` a ``length``-token deep prefix (or keep the one it has)."""
+    if is_lora(encoder):  # the adapters would be frozen with the rest: refuse rather than train nothing of them
+        raise CsekitError("promcse trains a deep prefix over a frozen backbone: it takes no lora adapters "
+                          "(remove the recipe's lora key)")  # fmt: skip
     if encoder.prefix is None:
         encoder.set_prefix(DeepPrefix(encoder.backbone.config, length))
     elif encoder.prefix.length != length:
