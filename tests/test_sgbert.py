@@ -17,7 +17,7 @@ TEXTS = ["a man plays the guitar .", "two dogs run .", "the market fell today ."
 
 
 def naive_self_guided_nt_xent(sentences, guidance, temperature):
-    """Eq. 5 term by term: each (c_i, h_ik) against its own exp term plus every other sentence's layers."""
+    """SG-OPT term by term: each (c_i, h_ik) against its own exp term plus every other sentence's layers."""
     size, layers, _ = guidance.shape
 
     def phi(u, v):
@@ -32,7 +32,7 @@ def naive_self_guided_nt_xent(sentences, guidance, temperature):
     return total / (size * layers)
 
 
-def test_the_loss_equals_eq5_term_by_term_in_value_and_gradient():
+def test_the_loss_equals_sg_opt_term_by_term_in_value_and_gradient():
     torch.manual_seed(0)
     sentences = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
     guidance = torch.randn(5, 3, 7, dtype=torch.float64, requires_grad=True)

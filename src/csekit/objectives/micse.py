@@ -5,7 +5,7 @@ Embeddings" (reference code ``SAP-samples/acl2023-micse``, ``model/models.py::cl
 ``miCSE``; hyper-parameters from its README commands).
 
 The sentence loss is unsupervised SimCSE's (InfoNCE between two dropout views, temperature 0.05, the
-``cls`` pooler's MLP in training only). The attention regulariser (Sec. 3, Eq. 5-7) aligns the views'
+``cls`` pooler's MLP in training only). The attention regulariser (Sec. 3) aligns the views'
 attention: for every sentence, every head and each of two layer chains (layers ``min_layer ...
 max_layer - 1``, 0-based, taken two by two with stride 2, the reference's einops pattern
 ``(h i) (j m) k t z -> (h k m) i (j t z)``), the attention probabilities of both views are flattened into
@@ -16,6 +16,7 @@ replacement; their logarithms are taken as Gaussian (attention weights are about
 Gaussian mutual information of the pair, ``I = -1/2 log(1 - rho^2)`` with ``rho`` Pearson's correlation,
 is averaged over rows. The term is ``-lambda * mean(I) * s``, ``s = (share of both-positive entries)^2``
 (+1e-6), so maximising the views' shared information lowers the loss; ``L = alpha L_SimCSE + that``.
+Equation numbers are not cited: the formulas are written out as the reference code computes them.
 
 Departures: the reference replaces a NaN estimate by the constant 100; here ``rho^2`` is clamped below 1
 (``1 - 1e-6``), a finite value with a gradient. The reference enumerates views interleaved (sentence,
@@ -50,7 +51,7 @@ def attention_chains(attentions: Tensor) -> Tensor:
 
 def attention_mutual_information(first: Tensor, second: Tensor, *, samples: int = 150,
                                  generator: torch.Generator | None = None) -> Tensor:  # fmt: skip
-    """miCSE's attention term before its weight: -mean Gaussian MI of log-attention samples * s (Eq. 5-7).
+    """miCSE's attention term before its weight: -mean Gaussian MI of log-attention samples * s.
 
     first, second: (N, D) attention probabilities of the two views, row for row (:func:`attention_chains`).
     """

@@ -6,21 +6,23 @@ Kim, Yoo & Lee, ACL 2021, "Self-Guided Contrastive Learning for BERT Sentence Re
 Two copies of the starting model: BERT_F stays frozen (a :class:`FrozenHelper`: eval mode, no gradient,
 not saved), BERT_T is trained and gives the sentence embedding, its last layer's [CLS] ``c_i``. For each
 sentence, BERT_F's hidden states of every layer k (the embedding output included: the reference's
-``lmin=0``, ``lmax=-1``), pooled over tokens, are the guidance ``h_{i,k}`` (Sec. 3, Eq. 1). Both go
+``lmin=0``, ``lmax=-1``), pooled over tokens, are the guidance ``h_{i,k}`` (Sec. 3). Both go
 through one projection head f (Linear-GELU-Linear-GELU, 4096 wide, trained and discarded) and meet in
-the redesigned NT-Xent, SG-OPT (Sec. 3.1, Eq. 5, ``NTXentLoss``): each (c_i, h_{i,k}) is a positive,
+the redesigned NT-Xent, SG-OPT (the paper's learning-objective optimisation; ``NTXentLoss``): each (c_i, h_{i,k}) is a positive,
 and its negatives are every other sentence's guidance of every layer,
 
     L_base = -1/(B K) sum_i sum_k log  phi(c_i, h_ik) / (phi(c_i, h_ik) + sum_{m != i} sum_n phi(c_i, h_mn)),
 
 ``phi(u, v) = exp(cos(f(u), f(v)) / tau)``, tau = 0.01: no [CLS]-[CLS] or guidance-guidance pairs
 (the redesign drops them: BERT_F's outputs carry no gradient), all layers at once instead of one sampled
-layer. The regulariser keeps BERT_T near where it started (Sec. 3, Eq. 3):
+layer. The regulariser keeps BERT_T near where it started (Sec. 3, L_reg):
 ``L_reg = ||theta_T - theta_0||^2`` (squared L2 over every backbone parameter; theta_0 is BERT_F), and
 ``L = L_base + lambda L_reg``, lambda = 0.1. The reference also freezes BERT_T's embedding layer
 (``--freeze``, default on): ``freeze_embeddings``.
 
-Departures: the pooling over tokens is ``max`` as Sec. 3 of the paper states; the reference script's
+Equation numbers are not cited: the formulas above are written out as the reference code computes them.
+
+Departures: the pooling over tokens is ``max``, as the paper describes it; the reference script's
 default ``--pooling2`` is ``mean`` (``layer_pooling: mean``). Negatives are this process's batch: the
 reference trains on one GPU, and SG-OPT's negatives come from a frozen model (nothing is gathered).
 ``L_reg`` enters ``embed`` as a row-wise column (every row holds the same squared distance, the loss
@@ -44,7 +46,7 @@ LAYER_POOLINGS = ("max", "mean")
 
 
 def self_guided_nt_xent(sentences: Tensor, guidance: Tensor, temperature: float) -> Tensor:
-    """SG-OPT's loss (Eq. 5): sentences (B, P), guidance (B, K, P) -> scalar, mean over the B * K positives."""
+    """SG-OPT's loss: sentences (B, P), guidance (B, K, P) -> scalar, mean over the B * K positives."""
     size, layers, width = guidance.shape
     logits = F.normalize(sentences, dim=-1) @ F.normalize(guidance.reshape(-1, width), dim=-1).T  # (B, B * K)
     logits = logits.reshape(size, size, layers) / temperature  # [i, m, n]: c_i against h_{m, n}
@@ -104,7 +106,7 @@ class SGBERT(Objective):
                 "drift": self.drift(encoder).expand(size)}  # (B,): every row the same squared distance  # fmt: skip
 
     def drift(self, encoder: SentenceEncoder) -> Tensor:
-        """||theta_T - theta_0||^2 over the backbone's parameters (L_reg, Eq. 3)."""
+        """||theta_T - theta_0||^2 over the backbone's parameters (L_reg)."""
         start = dict(self.guide.module.backbone.named_parameters())
         return sum(((parameter - start[name]) ** 2).sum() for name, parameter in encoder.backbone.named_parameters())
 

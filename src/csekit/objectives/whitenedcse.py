@@ -5,7 +5,7 @@ Zhuo et al., ACL 2023, "WhitenedCSE: Whitening-based Contrastive Learning of Sen
 ``whitenedcse/models.py::cl_forward``; hyper-parameters from ``run_unsup_example.sh``).
 
 Each sentence is encoded three times (three dropout masks); each view's [CLS] block (B, H) goes
-through shuffled group whitening (SGW, Sec. 3.2, Eq. 3-6): its H feature columns are put in a random order
+through shuffled group whitening (SGW, Sec. 3): its H feature columns are put in a random order
 of their own, cut into ``num_groups`` groups of H / G columns, and each group is centred over the batch and
 ZCA-whitened, ``x W`` with ``W = U diag(S)^-1/2 U^T`` from the eigendecomposition ``U S U^T`` of the
 group's covariance (divided by B, not B - 1); the columns then go back to their order. Different
@@ -13,14 +13,15 @@ shuffles whiten different groupings, so the three whitened views differ by more 
 they are the positives. Then the projection head (dense + tanh, fresh, training only: the reference's
 ``mlp_only_train``, whose ``MLPLayer`` runs SGW before its dense layer), and the multi-positive
 loss of the reference: ``L = sum_{p=2,3} InfoNCE(z_1, z_p)``, each over the in-batch view-p negatives,
-temperature 0.05 (Sec. 3.3, Eq. 7).
+temperature 0.05. Equation numbers are not cited: the formulas are written out as the reference code
+computes them.
 
 As the reference: the whitening matrix is computed from a detached covariance (its ``transformation``
 re-wraps the covariance as a new tensor), so gradients flow through the centring and the product, not
 the eigendecomposition. Under DDP each process whitens its own batch (the reference whitens before it
 gathers); the InfoNCE then gathers the whitened, projected views. Departures: the reference cuts the
 batch into three contiguous row blocks while its rows are interleaved (sentence, view); here each block
-is one view, as Sec. 3.2 describes. Eigenvalues are clamped at ``1e-8`` (a group with a rank-deficient
+is one view, as the paper describes SGW. Eigenvalues are clamped at ``1e-8`` (a group with a rank-deficient
 covariance, B <= H / G, would divide by zero).
 """
 
