@@ -158,7 +158,7 @@ def test_gradient_cache_equals_the_plain_step_for_every_objective(name):
     if not objective.supports_grad_cache:
         pytest.skip(f"{name} declares no gradient-cache support")
     assert_grad_cache_matches_plain_step(objective, encoder, batch_for(objective, encoder),
-                                         atol=GRAD_CACHE_ATOL.get(name, 1e-6))  # fmt: skip
+                                         atol=GRAD_CACHE_ATOL.get(name))  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(OBJECTIVES))
@@ -175,7 +175,7 @@ def test_the_mlm_wrapper_composes_with_every_objective_and_the_gradient_cache(na
     if objective.supports_grad_cache:
         if name == "promptbert":  # the [MASK] row's gradient sums the template's and the MLM's masks
             needs_bert_token_ids("this gradient's float32 tolerance was set on")
-        assert_grad_cache_matches_plain_step(objective, encoder, batch, atol=GRAD_CACHE_ATOL.get(name, 1e-6))
+        assert_grad_cache_matches_plain_step(objective, encoder, batch, atol=GRAD_CACHE_ATOL.get(name))
 
 
 #: The wrappers that train prefixes (and shallower layers) on the tiny 2-layer, 32-wide encoder, every width and
