@@ -25,13 +25,16 @@ from csekit.objectives.gcse import GCSE
 from csekit.objectives.gte import GTE
 from csekit.objectives.matryoshka import Matryoshka
 from csekit.objectives.matryoshka2d import Matryoshka2d
+from csekit.objectives.micse import MiCSE
 from csekit.objectives.mlm import MaskedLMAuxiliary
 from csekit.objectives.options import check_options
 from csekit.objectives.promcse import SupervisedPromCSE, UnsupervisedPromCSE
 from csekit.objectives.promptbert import PromptBERT
 from csekit.objectives.sbert import SBERTClassification, SBERTRegression
+from csekit.objectives.sgbert import SGBERT
 from csekit.objectives.simcse import SupervisedSimCSE, UnsupervisedSimCSE
 from csekit.objectives.starbucks import Starbucks
+from csekit.objectives.whitenedcse import WhitenedCSE
 
 #: CLI name -> objective class.
 OBJECTIVES: dict[str, type[Objective]] = {
@@ -49,6 +52,9 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "denosent": DenoSent,
     "denosent_pairs": DenoSentPairs,
     "promcse_sup": SupervisedPromCSE,
+    "sgbert": SGBERT,
+    "micse": MiCSE,
+    "whitenedcse": WhitenedCSE,
     "sbert_softmax": SBERTClassification,
     "sbert_regression": SBERTRegression,
     "cosent": CoSENT,
