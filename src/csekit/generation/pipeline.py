@@ -1,0 +1,111 @@
+"""What every pipeline shares: versioned templates, output checks, provenance records and the result.
+
+A pipeline is a function ``run(rows, generator, *, work_dir, sampling, **options) -> PipelineResult``
+registered in :data:`csekit.generation.pipelines.PIPELINES`. Its options are keyword-only parameters with
+defaults and annotations (the CLI binds ``--option k=v`` to them and refuses unknown names). It fills
+``PipelineResult.rows`` with training rows in a format an existing objective reads (``columns`` in order),
+one provenance record per row, ``stages`` (rows kept after each stage, in order) and ``malformed``
+(outputs dropped, by kind: ``failed`` (no output after retries), ``empty``, ``refusal``, ``bad_json``, or a
+pipeline's own kind).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+from csekit.errors import CsekitError
+from csekit.generation.base import Generator, Sampling
+
+
+@dataclass(frozen=True)
+class Template:
+    """A prompt template file ``templates/<pipeline>/<name>.v<version>.txt``; ``{field}`` slots are filled."""
+
+    pipeline: str
+    name: str
+    version: int
+    text: str
+
+    def fill(self, **fields: str) -> str:
+        try:
+            return self.text.format(**fields)
+        except KeyError as error:
+            raise CsekitError(f"template {self.pipeline}/{self.name}.v{self.version} needs field {error}") from None
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}.v{self.version}"
+
+
+def load_template(pipeline: str, name: str, version: int) -> Template:
+    """The template file ``templates/<pipeline>/<name>.v<version>.txt`` shipped with csekit."""
+    folder = resources.files("csekit.generation") / "templates" / pipeline
+    path = folder / f"{name}.v{version}.txt"
+    if not path.is_file():
+        shipped = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+        raise CsekitError(f"no template {pipeline}/{name}.v{version}; shipped: {', '.join(shipped) or 'none'}")
+    return Template(pipeline, name, version, path.read_text(encoding="utf-8"))
+
+
+#: Openings of a model declining the task: such an output is no training text.
+_REFUSAL = re.compile(r"^\s*(i'?m sorry|i am sorry|sorry,|i can(not|'t)|i am unable|i'?m unable|as an ai)", re.I)
+
+
+def check_text(output: str | None) -> tuple[str | None, str | None]:
+    """``(text, None)`` for a usable generated sentence (first line, quotes and labels stripped), else
+    ``(None, kind)`` with kind ``failed``, ``empty`` or ``refusal``."""
+    if output is None:
+        return None, "failed"
+    lines = [line.strip() for line in output.strip().splitlines() if line.strip()]
+    if not lines:
+        return None, "empty"
+    text = re.sub(r"^(sentence|output|answer|rewrite|hypothesis)\s*\d*\s*:\s*", "", lines[0], flags=re.I)
+    text = text.strip().strip('"“”').strip()
+    if not text:
+        return None, "empty"
+    if _REFUSAL.match(text):
+        return None, "refusal"
+    return text, None
+
+
+def check_json(output: str | None) -> tuple[Any, str | None]:
+    """``(value, None)`` for the first JSON object or array in ``output``, else ``(None, kind)``."""
+    if output is None:
+        return None, "failed"
+    if not output.strip():
+        return None, "empty"
+    if _REFUSAL.match(output):
+        return None, "refusal"
+    match = re.search(r"[\[{].*[\]}]", output, flags=re.S)
+    try:
+        return json.loads(match.group(0) if match else output), None
+    except json.JSONDecodeError:
+        return None, "bad_json"
+
+
+def provenance(*, pipeline: str, stage: str, template: Template, generator: Generator, sampling: Sampling,
+               source: dict[str, Any], **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """One output row's record: which pipeline stage, template (name + version), generator and sampling made
+    it, from which source row."""
+    return {"pipeline": pipeline, "stage": stage, "template": template.tag, "generator": generator.identity,
+            "sampling": asdict(sampling), "source": source, **extra}  # fmt: skip
+
+
+@dataclass
+class PipelineResult:
+    """Training rows (``columns`` in order), a provenance record per row, rows kept per stage, malformed outputs."""
+
+    columns: tuple[str, ...]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    provenance: list[dict[str, Any]] = field(default_factory=list)
+    stages: dict[str, int] = field(default_factory=dict)
+    malformed: Counter[str] = field(default_factory=Counter)
+
+    def add(self, row: dict[str, Any], record: dict[str, Any]) -> None:
+        self.rows.append(row)
+        self.provenance.append(record)
