@@ -70,7 +70,11 @@ class HFGenerator:
         digest = hashlib.sha256()
         update_with_tensors(digest, self.model.state_dict())
         backend = getattr(self.tokenizer, "backend_tokenizer", None)
-        definition = backend.to_str() if backend is not None else json.dumps(sorted(self.tokenizer.get_vocab().items()))
+        if backend is not None:  # less the padding and truncation state that the last call left
+            definition = json.dumps({key: value for key, value in json.loads(backend.to_str()).items()
+                                     if key not in ("truncation", "padding")}, sort_keys=True)  # fmt: skip
+        else:
+            definition = json.dumps(sorted(self.tokenizer.get_vocab().items()))
         digest.update(definition.encode())
         digest.update(str(getattr(self.tokenizer, "chat_template", None)).encode())
         return digest.hexdigest()[:32]
