@@ -1,8 +1,12 @@
 """What every pipeline shares: versioned templates, output checks, provenance records and the result.
 
 A pipeline is a function ``run(rows, generator, *, work_dir, sampling, **options) -> PipelineResult``
-registered in :data:`csekit.generation.pipelines.PIPELINES`. Its options are keyword-only parameters with
-defaults and annotations (the CLI binds ``--option k=v`` to them and refuses unknown names). It fills
+registered in :data:`csekit.generation.pipelines.PIPELINES`. ``rows`` are the input rows, ``{"sent0": text}``
+(a ``.txt`` file of one sentence a line, or a ``.csv``/``.jsonl`` with a ``sent0`` column; a pipeline that
+needs more columns names them in a function attribute ``input_columns``). ``sampling`` is a keyword-only
+parameter whose default is the pipeline's own (the CLI's ``--temperature`` etc. replace fields of it); the
+other options are keyword-only parameters with defaults and annotations (the CLI binds ``--option k=v`` to
+them and refuses unknown names). ``work_dir`` is a folder the pipeline may keep intermediate files in. It fills
 ``PipelineResult.rows`` with training rows in a format an existing objective reads (``columns`` in order),
 one provenance record per row, ``stages`` (rows kept after each stage, in order) and ``malformed``
 (outputs dropped, by kind: ``failed`` (no output after retries), ``empty``, ``refusal``, ``bad_json``, or a
@@ -42,14 +46,19 @@ class Template:
         return f"{self.name}.v{self.version}"
 
 
-def load_template(pipeline: str, name: str, version: int) -> Template:
-    """The template file ``templates/<pipeline>/<name>.v<version>.txt`` shipped with csekit."""
+def template_file(pipeline: str, name: str) -> str:
+    """The text of ``templates/<pipeline>/<name>`` shipped with csekit."""
     folder = resources.files("csekit.generation") / "templates" / pipeline
-    path = folder / f"{name}.v{version}.txt"
+    path = folder / name
     if not path.is_file():
         shipped = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-        raise CsekitError(f"no template {pipeline}/{name}.v{version}; shipped: {', '.join(shipped) or 'none'}")
-    return Template(pipeline, name, version, path.read_text(encoding="utf-8"))
+        raise CsekitError(f"no template {pipeline}/{name}; shipped: {', '.join(shipped) or 'none'}")
+    return path.read_text(encoding="utf-8")
+
+
+def load_template(pipeline: str, name: str, version: int) -> Template:
+    """The prompt template ``templates/<pipeline>/<name>.v<version>.txt`` (its final newline dropped)."""
+    return Template(pipeline, name, version, template_file(pipeline, f"{name}.v{version}.txt").rstrip("\n"))
 
 
 #: Openings of a model declining the task: such an output is no training text.
@@ -88,12 +97,21 @@ def check_json(output: str | None) -> tuple[Any, str | None]:
         return None, "bad_json"
 
 
-def provenance(*, pipeline: str, stage: str, template: Template, generator: Generator, sampling: Sampling,
-               source: dict[str, Any], **extra: Any) -> dict[str, Any]:  # fmt: skip
-    """One output row's record: which pipeline stage, template (name + version), generator and sampling made
-    it, from which source row."""
-    return {"pipeline": pipeline, "stage": stage, "template": template.tag, "generator": generator.identity,
-            "sampling": asdict(sampling), "source": source, **extra}  # fmt: skip
+def provenance(*, pipeline: str, generator: Generator, sampling: Sampling, source: dict[str, Any],
+               made: dict[str, tuple[str, Template]], **extra: Any) -> dict[str, Any]:  # fmt: skip
+    """One output row's record: the pipeline, the generator and sampling, the source row, and for each generated
+    column (``made``: column → (stage, template)) the stage and the template (name + version) that made it."""
+    return {"pipeline": pipeline, "generator": generator.identity, "sampling": asdict(sampling), "source": source,
+            "made": {column: {"stage": stage, "template": template.tag} for column, (stage, template) in made.items()},
+            **extra}  # fmt: skip
+
+
+def few_shot(template: Template, shots: list[tuple[str, str]], **fields: str) -> tuple[dict[str, str], ...]:
+    """A chat prompt: each shot (its ``sentence``, the answer) as a user turn and an assistant turn, then ``fields``."""
+    turns: list[dict[str, str]] = []
+    for sentence, answer in shots:
+        turns += [{"role": "user", "content": template.fill(sentence=sentence)}, {"role": "assistant", "content": answer}]
+    return (*turns, {"role": "user", "content": template.fill(**fields)})
 
 
 @dataclass
