@@ -33,6 +33,8 @@ from csekit.errors import CsekitError
 from csekit.generation.base import Generator, Sampling
 from csekit.generation.pipeline import PipelineResult, check_text, load_template, provenance
 
+#: The reference's sampling (``data_generation.py``: temperature 0.7, top-p 0.9), answers cut shorter.
+SAMPLING = Sampling(max_new_tokens=64, temperature=0.7, top_p=0.9)
 NAME = "claif"
 MASK = "<mask>"
 _NUMBER = re.compile(r"[0-9.]*[0-9]")  # the reference's pattern: the first match is the score
@@ -65,7 +67,7 @@ def parse_score(output: str | None) -> tuple[float | None, str | None]:
 
 
 def run(rows: list[dict[str, Any]], generator: Generator, *, work_dir: Path,
-        sampling: Sampling = Sampling(max_new_tokens=64, temperature=0.7, top_p=0.9),
+        sampling: Sampling = SAMPLING,
         mask_rates: list[float] = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
         merge_rate: float = 0.5, template_version: int = 1) -> PipelineResult:  # fmt: skip
     """``sent0,sent1,score`` rows: each sentence, a rewrite of it at each mask rate, and the LLM's score."""

@@ -30,6 +30,8 @@ from csekit.errors import CsekitError
 from csekit.generation.base import Generator, Sampling
 from csekit.generation.pipeline import PipelineResult, check_text, few_shot, load_template, provenance, template_file
 
+#: Sampled, for varied rewrites (the paper does not give its decoding settings).
+SAMPLING = Sampling(max_new_tokens=64, temperature=0.7)
 NAME = "syncse"
 
 
@@ -48,7 +50,7 @@ def _clean(output: str | None, premise: str, result: PipelineResult) -> str | No
 
 
 def run(rows: list[dict[str, Any]], generator: Generator, *, work_dir: Path,
-        sampling: Sampling = Sampling(max_new_tokens=64, temperature=0.7),
+        sampling: Sampling = SAMPLING,
         shots: int = 3, template_version: int = 1) -> PipelineResult:  # fmt: skip
     """``sent0,sent1,hard_neg`` rows: each premise (``sent0``) with its generated entailment and contradiction;
     ``shots`` few-shot examples per prompt, drawn for each premise from the example pool with the sampling's seed."""
