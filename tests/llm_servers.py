@@ -4,7 +4,7 @@
 :class:`Proxy` forwards every request to an upstream server and records what passes through it: the request
 bodies, how many requests were in flight at once (at most), and it can answer the first ``fail_first``
 requests with ``fail_status`` itself (503: a server under load) or wait ``delay`` seconds before forwarding
-(a slow server). With no upstream it answers 200 with a fixed chat completion after its delay.
+(a slow server). With no upstream it answers 200 with a chat completion of ``content`` after its delay.
 """
 
 from __future__ import annotations
@@ -45,10 +45,10 @@ class Proxy:
     as it arrived), ``in_flight`` and ``most_in_flight``, ``answered`` (requests given an upstream answer)."""
 
     def __init__(self, upstream: str | None = None, *, fail_first: int = 0, fail_status: int = 503,
-                 delay: float = 0.0, log: Path | None = None) -> None:  # fmt: skip
+                 delay: float = 0.0, content: str = "canned") -> None:  # fmt: skip
         self.upstream = urlsplit(upstream) if upstream else None
         self.fail_first, self.fail_status, self.delay = fail_first, fail_status, delay
-        self.log = log  # one JSON body a line, appended as requests arrive (read by tests across processes)
+        self.content = content  # what it answers itself, with no upstream
         self.bodies: list[dict] = []
         self.in_flight = self.most_in_flight = self.answered = 0
         self.lock = threading.Lock()
@@ -65,9 +65,9 @@ class Proxy:
         self._thread.join(timeout=10)
 
 
-#: What the proxy answers by itself when it has no upstream.
-CANNED = {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-          "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "canned"}}]}  # fmt: skip
+def _completion(content: str) -> bytes:
+    return json.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+        {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}]}).encode()  # fmt: skip
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -84,16 +84,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             proxy.bodies.append(json.loads(body or b"{}"))
             proxy.in_flight += 1
             proxy.most_in_flight = max(proxy.most_in_flight, proxy.in_flight)
-            if proxy.log is not None:
-                with proxy.log.open("a") as log:
-                    log.write(json.dumps(proxy.bodies[-1]) + "\n")
         try:
             if number < proxy.fail_first:
                 self._send(proxy.fail_status, json.dumps({"error": {"message": "busy"}}).encode())
                 return
             time.sleep(proxy.delay)
             if proxy.upstream is None:
-                status, answer = 200, json.dumps(CANNED).encode()
+                status, answer = 200, _completion(proxy.content)
             else:
                 connection = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=600)
                 connection.request("POST", self.path, body, {"Content-Type": "application/json"})

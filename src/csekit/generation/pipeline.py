@@ -15,15 +15,19 @@ pipeline's own kind).
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
+import typing
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
 from csekit.errors import CsekitError
 from csekit.generation.base import Generator, Sampling
+from csekit.objectives.options import coerce
 
 
 @dataclass(frozen=True)
@@ -127,3 +131,29 @@ class PipelineResult:
     def add(self, row: dict[str, Any], record: dict[str, Any]) -> None:
         self.rows.append(row)
         self.provenance.append(record)
+
+
+#: Parameters every pipeline takes that are not ``--option`` keys.
+PIPELINE_PARAMETERS = frozenset({"rows", "generator", "work_dir", "sampling"})
+
+
+def pipeline_options(pipeline: Callable[..., PipelineResult]) -> dict[str, inspect.Parameter]:
+    """The ``--option`` keys ``pipeline`` takes: its keyword-only parameters less the ones every pipeline has."""
+    parameters = inspect.signature(pipeline).parameters
+    return {name: p for name, p in parameters.items() if name not in PIPELINE_PARAMETERS}
+
+
+def bind_options(name: str, pipeline: Callable[..., PipelineResult], options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` checked against ``pipeline``'s signature and converted to its annotations."""
+    accepted = pipeline_options(pipeline)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        choices = ", ".join(f"{key}={p.default!r}" for key, p in accepted.items()) or "no options"
+        raise CsekitError(f"pipeline {name!r} has no option(s) {', '.join(unknown)}; it accepts {choices}")
+    hints = typing.get_type_hints(pipeline)
+    return {key: coerce(value, hints.get(key, Any), f"pipeline {name}: option {key}") for key, value in options.items()}
+
+
+def default_sampling(pipeline: Callable[..., PipelineResult]) -> Sampling:
+    """The sampling ``pipeline`` uses unless told otherwise (its ``sampling`` parameter's default)."""
+    return inspect.signature(pipeline).parameters["sampling"].default
