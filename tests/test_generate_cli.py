@@ -160,3 +160,22 @@ def test_a_killed_run_rerun_asks_nothing_twice_and_writes_what_an_uninterrupted_
         assert (tmp_path / "out.provenance.jsonl").read_text() == (tmp_path / "whole.provenance.jsonl").read_text()
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize(("pipeline", "content", "objective"), [
+    ("syncse", "Someone does something somewhere.", "simcse_sup"), ("claif", "0.6, as they share a subject.", "sbert_regression"),
+])  # fmt: skip
+def test_the_training_file_trains_the_objective_it_is_made_for(pipeline, content, objective, sentences, tmp_path):
+    from conftest import make_tiny_encoder, write_recipe
+
+    proxy = Proxy(content=content)
+    try:
+        out = tmp_path / f"{pipeline}.csv"
+        assert _generate(pipeline, "--input", sentences, "--output", out, "--generator", f"openai:m@{proxy.url}/v1") == 0
+    finally:
+        proxy.close()
+    make_tiny_encoder("mean").save(tmp_path / "tiny")
+    recipe = write_recipe(tmp_path, tmp_path / "tiny", objective=objective, pooler="mean", mlp_only_train=False,
+                          train_files=[str(out)], max_steps=2, save_steps=2, batch_size=4)  # fmt: skip
+    assert main(["train", str(recipe)]) == 0
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
