@@ -416,9 +416,10 @@ def llama_server(smollm2_gguf, tmp_path_factory) -> Iterator[str]:
     pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (a C++ build; make install tries it)")
     from llm_servers import start_llama_server
 
-    server = start_llama_server(smollm2_gguf, free_port(), tmp_path_factory.mktemp("llama") / "server.log")
+    port = free_port()
+    server = start_llama_server(smollm2_gguf, port, tmp_path_factory.mktemp("llama") / "server.log")
     try:
-        yield f"http://127.0.0.1:{server.args[server.args.index('--port') + 1]}"
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.kill()
         server.wait()

@@ -179,3 +179,13 @@ def test_the_training_file_trains_the_objective_it_is_made_for(pipeline, content
                           train_files=[str(out)], max_steps=2, save_steps=2, batch_size=4)  # fmt: skip
     assert main(["train", str(recipe)]) == 0
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
+def test_outputs_are_checked_by_kind():
+    from csekit.generation.pipeline import check_json, check_text
+
+    assert check_text(' Sentence 2: "A man plays music."\nExplanation: ...') == ("A man plays music.", None)
+    assert check_text(None) == (None, "failed") and check_text(' "" ') == (None, "empty")
+    assert check_text("As an AI, I cannot rewrite this.") == (None, "refusal")
+    assert check_json('Here it is: {"a": [1, 2]} hope that helps') == ({"a": [1, 2]}, None)
+    assert check_json("{'a': 1}") == (None, "bad_json") and check_json("") == (None, "empty")

@@ -114,21 +114,16 @@ class CachedGenerator:
 
     def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str | None]:
         keys = [cache_key(self.identity, prompt, sampling) for prompt in prompts]
-        known: dict[str, str | None] = {}
-        for key in dict.fromkeys(keys):
-            output = self._load(key)
-            if output is not None:
-                known[key] = output
-        missing = [key for key in dict.fromkeys(keys) if key not in known]
-        self.hits += len(keys) - sum(key in missing for key in keys)
-        if missing:
-            first = {key: prompts[keys.index(key)] for key in missing}  # one request per distinct prompt
-            self.asked += len(missing)
-            for index, output in stream(self.inner, list(first.values()), sampling):
-                key = missing[index]
-                known[key] = output
-                if output is not None:  # written the moment it arrives: a kill loses only what is in flight
-                    record = {"key": key, "identity": self.identity, "messages": as_messages(first[key]),
-                              "sampling": asdict(sampling), "output": output}  # fmt: skip
-                    write_text(self._path(key), json.dumps(record, ensure_ascii=False))
+        prompt_of = dict(zip(keys, prompts))  # distinct prompts, in first-seen order
+        known: dict[str, str | None] = {key: output for key in prompt_of if (output := self._load(key)) is not None}
+        self.hits += sum(key in known for key in keys)
+        missing = [key for key in prompt_of if key not in known]  # one request per distinct prompt
+        self.asked += len(missing)
+        for index, output in stream(self.inner, [prompt_of[key] for key in missing], sampling):
+            key = missing[index]
+            known[key] = output
+            if output is not None:  # written the moment it arrives: a kill loses only what is in flight
+                record = {"key": key, "identity": self.identity, "messages": as_messages(prompt_of[key]),
+                          "sampling": asdict(sampling), "output": output}  # fmt: skip
+                write_text(self._path(key), json.dumps(record, ensure_ascii=False))
         return [known.get(key) for key in keys]
