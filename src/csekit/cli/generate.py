@@ -24,7 +24,7 @@ from csekit.cli.arguments import positive_int
 from csekit.data.readers import read_examples
 from csekit.errors import CsekitError
 from csekit.generation import CachedGenerator, make_generator
-from csekit.generation.pipeline import PipelineResult, bind_options, default_sampling
+from csekit.generation.pipeline import PipelineResult, bind_options, default_sampling, pipeline_options
 from csekit.generation.pipelines import PIPELINES
 from csekit.generation.specs import SPEC_HELP
 
@@ -32,8 +32,13 @@ OUTPUT_SUFFIXES = (".csv", ".jsonl")
 
 
 def add_parser(commands: argparse._SubParsersAction, name: str) -> None:
+    options = "\n".join(f"  {pipeline}: " + (", ".join(f"{key}={p.default!r}" for key, p in pipeline_options(run).items()))
+                        for pipeline, run in sorted(PIPELINES.items()))  # fmt: skip
     parser = commands.add_parser(name, help="generate training data with an LLM (SynCSE, CLAIF, ...)",
-                                 description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+                                 description="Generate a training file with an LLM, through a disk cache that a killed or "
+                                             "rerun command resumes from; OUTPUT.provenance.jsonl records how each row was made.",
+                                 epilog=f"pipeline options (--option KEY=VALUE):\n{options}",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("pipeline", choices=sorted(PIPELINES), metavar="PIPELINE", help=", ".join(sorted(PIPELINES)))
     parser.add_argument("--input", required=True, help="sentences: .txt (one a line), or .csv/.jsonl with a sent0 column")
     parser.add_argument("--output", required=True, help=f"training file to write ({', '.join(OUTPUT_SUFFIXES)})")
