@@ -403,3 +403,25 @@ def run_gloo_workers(worker, out_dir: Path, *args, world_size: int = 2) -> list[
             pytest.fail("the gloo workers did not finish in 120 s")
     return [torch.load(out_dir / f"rank{rank}.pt") for rank in range(world_size)]
 
+
+@pytest.fixture(scope="session")
+def smollm2_generator(smollm2_gguf):
+    """SmolLM2 as an :class:`~csekit.generation.hf.HFGenerator`, loaded once (de-quantizing takes ~25 s)."""
+    from csekit.generation.hf import HFGenerator
+
+    return HFGenerator.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name, batch_size=4)
+
+
+@pytest.fixture(scope="session")
+def llama_server(smollm2_gguf, tmp_path_factory) -> Iterator[str]:
+    """llama.cpp's OpenAI-compatible server on SmolLM2 at 127.0.0.1: its base URL (``http://127.0.0.1:PORT``)."""
+    pytest.importorskip("llama_cpp.server", reason="needs llama-cpp-python[server] (a C++ build; make install tries it)")
+    from llm_servers import start_llama_server
+
+    port = free_port()
+    server = start_llama_server(smollm2_gguf, port, tmp_path_factory.mktemp("llama") / "server.log")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.kill()
+        server.wait()

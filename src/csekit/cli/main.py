@@ -7,11 +7,12 @@ import sys
 import warnings
 
 from csekit import __version__
-from csekit.cli import data, distill_static, encode, eval, index, postprocess, report, search, serve, train
+from csekit.cli import data, distill_static, encode, eval, generate, index, postprocess, report, search, serve, train
 from csekit.errors import CsekitError, CsekitNote
 
 COMMANDS = {"train": train, "eval": eval, "encode": encode, "index": index, "search": search, "data": data,
-            "postprocess": postprocess, "report": report, "serve": serve, "distill-static": distill_static}  # fmt: skip
+            "postprocess": postprocess, "report": report, "serve": serve, "distill-static": distill_static,
+            "generate": generate}  # fmt: skip
 
 
 class _Parser(argparse.ArgumentParser):

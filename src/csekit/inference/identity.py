@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -23,14 +24,19 @@ def model_identity(encoder: SentenceEncoder, name: str) -> dict[str, Any]:
     """``{"model": name, "pooler": {...}, "dim", "normalize", "max_length", "digest"}`` of ``encoder``."""
     pooler = saved_pooler(encoder)
     digest = hashlib.sha256(json.dumps(pooler, sort_keys=True).encode())
-    for key, tensor in sorted(encoder.state_dict().items()):
-        if key.startswith("head.") and not encoder.uses_head:
-            continue  # a train-only head does not take part in inference
+    # a train-only head does not take part in inference
+    update_with_tensors(digest, {key: tensor for key, tensor in encoder.state_dict().items()
+                                 if encoder.uses_head or not key.startswith("head.")})  # fmt: skip
+    return {"model": name, "pooler": pooler, "dim": encoder.embedding_dim, "normalize": bool(encoder.normalize),
+            "max_length": encoder.max_length, "digest": digest.hexdigest()[:32]}  # fmt: skip
+
+
+def update_with_tensors(digest: Any, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Feed every tensor's name, shape, dtype and bytes into ``digest`` (a hashlib object), in name order."""
+    for key, tensor in sorted(tensors.items()):
         flat = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{key}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
         digest.update(flat.view(torch.uint8).numpy().tobytes())
-    return {"model": name, "pooler": pooler, "dim": encoder.embedding_dim, "normalize": bool(encoder.normalize),
-            "max_length": encoder.max_length, "digest": digest.hexdigest()[:32]}  # fmt: skip
 
 
 def check_same_model(saved: dict[str, Any], current: dict[str, Any], *, what: str) -> None:
