@@ -241,3 +241,39 @@ def test_few_rows_borrow_around():
     assert [borrowed_row(i, 9) for i in range(9)] == [6, 7, 8, 4, 5, 6, 0, 1, 2]
     assert [borrowed_row(i, 3) for i in range(3)] == [1, 2, 0]
     assert [borrowed_row(i, 5) for i in range(5)] == [1, 2, 3, 4, 0]
+
+
+SENTENCES = ["Two dogs run across a snowy field.", "The museum in Paris opened in 1793.",
+             "A woman is slicing three tomatoes.", "The river floods every spring.", "Five students passed the exam."]  # fmt: skip
+
+
+def test_the_pipeline_with_the_real_local_model_and_its_cache(smollm2_generator, minilm, tmp_path):
+    from csekit.generation.base import CachedGenerator, Sampling
+    from csekit.generation.pipelines import PIPELINES
+
+    cached = CachedGenerator(smollm2_generator, tmp_path / "cache")
+    sampling = Sampling(max_new_tokens=40, temperature=0.6, top_p=0.95, seed=0)
+    options = {"work_dir": tmp_path, "sampling": sampling, "encoder": str(minilm), "extract_max_new_tokens": 64}
+    result = PIPELINES["gcse"]([{"sent0": s} for s in SENTENCES], cached, **options)
+    assert cached.asked == 4 * len(SENTENCES)  # entities, main parts, a positive and a negative per sentence
+    stages, malformed = result.stages, result.malformed
+    for stage, prefix in (("entities parsed", "entities:"), ("main parts parsed", "main_parts:"),
+                          ("positives generated", "positive:"), ("negatives generated", "negative:")):  # fmt: skip
+        assert stages[stage] + sum(n for kind, n in malformed.items() if kind.startswith(prefix)) == len(SENTENCES)
+    assert len(result.rows) == len(result.provenance) == stages["training rows"] >= len(SENTENCES)
+    own = [row["sent0"] for row, record in zip(result.rows, result.provenance) if record["sent0"]["from"] == "sentence"]
+    assert own == SENTENCES  # each sentence's own row, in order; the others are samples neither kept
+    for row, record in zip(result.rows, result.provenance):
+        assert set(row) == {"sent0", "sent1", "hard_neg"} and all(isinstance(text, str) and text for text in row.values())
+        assert record["pipeline"] == "gcse" and record["generator"] == smollm2_generator.identity
+        assert record["source"]["text"] in SENTENCES and record["sampling"]["temperature"] == 0.6
+        kept = record["sent1"]
+        if kept["from"] != "sentence" and record["sent0"]["from"] == "sentence":
+            assert kept["cosine"] >= 0.80 and kept["template"].endswith(".v1")
+        if record["hard_neg"]["from"] == "borrowed":
+            assert row["hard_neg"] == SENTENCES[record["hard_neg"]["row"]]
+        else:
+            assert record["hard_neg"]["cosine"] < 0.75
+    assert (tmp_path / "extracted.jsonl").read_text().count("\n") == len(SENTENCES)
+    again = PIPELINES["gcse"]([{"sent0": s} for s in SENTENCES], cached, **options)
+    assert cached.asked == 4 * len(SENTENCES) and again.rows == result.rows  # all from the cache: nothing asked

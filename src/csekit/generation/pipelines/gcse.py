@@ -58,6 +58,8 @@ from csekit.generation.pipeline import PipelineResult, Template, check_text, loa
 PIPELINE = "gcse"
 MAIN_PARTS = ("subject", "action", "state")
 FALLBACK_ENTITY = {"entity": "A man", "type": "person"}  # the reference's stand-in for a row without one
+#: The reference's decoding of the positives and negatives (``7_generate_samples.py``); extraction is greedy.
+SAMPLING = Sampling(max_new_tokens=512, temperature=0.6, top_p=0.95)
 FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.S)
 
 
@@ -276,7 +278,7 @@ def _sentence(row: Any) -> str:
     return text.strip()
 
 
-def run(rows: list[Any], generator: Generator, *, work_dir: Path | str, sampling: Sampling,
+def run(rows: list[Any], generator: Generator, *, work_dir: Path | str, sampling: Sampling = SAMPLING,
         encoder: str = "all-MiniLM-L6-v2", extract_max_new_tokens: int = 512, neighbours: int = 10,
         part_neighbours: int = 5, keep_positive: float = 0.80, keep_negative: float = 0.75,
         version: int = 1) -> PipelineResult:  # fmt: skip
@@ -293,7 +295,7 @@ def run(rows: list[Any], generator: Generator, *, work_dir: Path | str, sampling
 
     greedy = replace(sampling, temperature=0.0, top_p=1.0, max_new_tokens=extract_max_new_tokens)
     prompts = [template[name].fill(input_text=s) for name in ("entities", "main_parts") for s in sentences]
-    outputs = generator.generate(prompts, greedy)
+    outputs = _generate(generator, prompts, greedy)
     extracted = []
     for index, (entity_output, parts_output) in enumerate(zip(outputs[: len(sentences)], outputs[len(sentences) :])):
         entities, entity_problem = parse_entities(entity_output)
@@ -322,7 +324,7 @@ def run(rows: list[Any], generator: Generator, *, work_dir: Path | str, sampling
                           styles=len(styles["rewrite"]), refutations=len(styles["refute"]))
              for index, row in enumerate(extracted)]  # fmt: skip
     asked = [prompt(sentence, kind, fields) for sentence, pair in zip(sentences, draws) for kind, fields in pair]
-    outputs = generator.generate([text for _, text in asked], sampling)
+    outputs = _generate(generator, [text for _, text in asked], sampling)
     samples: list[list[tuple[str, float]]] = []
     origins: list[list[dict[str, Any]]] = []
     for index in range(len(sentences)):
@@ -358,11 +360,22 @@ def run(rows: list[Any], generator: Generator, *, work_dir: Path | str, sampling
                     else _column(origin, cosines, triplet.negative))  # fmt: skip
         record = provenance(pipeline=PIPELINE, stage="denoise", template=around, generator=generator, sampling=sampling,
                             source={"row": triplet.row, "text": sentences[triplet.row]}, encoder=encoder,
+                            sent0=_column(origin, cosines, triplet.sample),
                             sent1=_column(origin, cosines, triplet.positive if triplet.sample is None else triplet.sample),
                             hard_neg=hard_neg, extraction=extraction)  # fmt: skip
         result.add({"sent0": triplet.sent0, "sent1": triplet.sent1, "hard_neg": triplet.hard_neg}, record)
     result.stages["training rows"] = len(result.rows)
     return result
+
+
+def _generate(generator: Generator, prompts: list[str], sampling: Sampling) -> list[str | None]:
+    """The outputs of ``prompts`` in their order, asked in sorted order: prompts of one template then follow each
+    other, so a backend that keeps the previous prompt's prefix (llama.cpp) evaluates only what differs."""
+    order = sorted(range(len(prompts)), key=prompts.__getitem__)
+    outputs: list[str | None] = [None] * len(prompts)
+    for index, output in zip(order, generator.generate([prompts[i] for i in order], sampling), strict=True):
+        outputs[index] = output
+    return outputs
 
 
 def _column(origin: list[dict[str, Any]], cosines: list[float], pick: int | None) -> dict[str, Any]:

@@ -1,0 +1,177 @@
+"""GCSE's data pipeline over wiki sentences with the local SmolLM2-135M-Instruct, and which local backend is faster.
+
+    # 1. the same SmolLM2-135M-Instruct GGUF two ways, on the pipeline's first prompts (entities and main
+    #    parts of the first 10 sentences): transformers (de-quantized, batched) and llama.cpp's server
+    python benchmarks/gcse_pipeline.py speed --json benchmarks/results/gcse-generator-speed.json
+    # 2. the pipeline over the first 1,000 wiki1m sentences (resumable: every output is cached in OUT/cache)
+    python benchmarks/gcse_pipeline.py run --backend llama-cpp --sentences 1000 --out runs/gcse-pipeline \\
+        --json benchmarks/results/gcse-pipeline.json
+
+``run`` writes OUT/sentences.txt (the input sentences, what unsupervised SimCSE trains on for comparison),
+OUT/train.jsonl (``sent0``, ``sent1``, ``hard_neg``: what ``recipes/gcse-generated-cpu.yaml`` trains on),
+OUT/provenance.jsonl (one record per row) and the stage table. Tokens are counted with SmolLM2's own tokenizer
+over the outputs, and tokens/s over the time spent inside the generator (cache hits excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from machine import machine
+
+from csekit.generation.base import CachedGenerator, Sampling, stream
+from csekit.generation.hf import HFGenerator, smollm2_gguf
+from csekit.generation.openai_client import OpenAIGenerator
+from csekit.generation.pipeline import load_template
+from csekit.generation.pipelines import PIPELINES
+
+WIKI = Path("../shared/data/train/unsup/wiki1m_for_simcse.first11914lines.txt")
+LLAMA_PORT = 8765  # fixed: the server's address is part of the generator's identity, hence of the cache key
+
+
+class Metered:
+    """A generator that counts its prompts, output tokens and the seconds spent inside the inner generator."""
+
+    def __init__(self, inner, tokenizer):
+        self.inner, self.tokenizer, self.identity = inner, tokenizer, inner.identity
+        self.prompts = self.tokens = 0
+        self.seconds = 0.0
+
+    def generate(self, prompts, sampling):
+        outputs = [None] * len(prompts)
+        for index, output in self.generate_each(prompts, sampling):
+            outputs[index] = output
+        return outputs
+
+    def generate_each(self, prompts, sampling):
+        start = time.perf_counter()
+        for index, output in stream(self.inner, prompts, sampling):
+            self.seconds += time.perf_counter() - start
+            self.prompts += 1
+            self.tokens += len(self.tokenizer(output or "", add_special_tokens=False)["input_ids"])
+            yield index, output
+            start = time.perf_counter()
+
+    def summary(self):
+        rate = self.tokens / self.seconds if self.seconds else None
+        return {"prompts": self.prompts, "output_tokens": self.tokens, "seconds": round(self.seconds, 1),
+                "tokens_per_s": round(rate, 1) if rate else None}  # fmt: skip
+
+
+def start_llama_server(threads: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--host", "127.0.0.1",
+               "--port", str(LLAMA_PORT), "--n_threads", str(threads), "--n_ctx", "2048"]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", LLAMA_PORT), timeout=1).close()
+            return server
+        except OSError:
+            if server.poll() is not None:
+                raise SystemExit("llama_cpp.server exited at start") from None
+            time.sleep(0.1)
+    server.kill()
+    raise SystemExit("llama_cpp.server did not start within 60 s")
+
+
+def generator(backend: str, *, batch_size: int):
+    """The backend as a generator, and what to stop afterwards (the llama.cpp server process, or None)."""
+    if backend == "hf":
+        return HFGenerator.from_pretrained(str(smollm2_gguf().parent), gguf_file=smollm2_gguf().name,
+                                           batch_size=batch_size), None  # fmt: skip
+    server = start_llama_server(threads=os.cpu_count() or 1)
+    return OpenAIGenerator("smollm2", base_url=f"http://127.0.0.1:{LLAMA_PORT}/v1", max_concurrency=1, timeout=300), server
+
+
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_gguf().parent), gguf_file=smollm2_gguf().name)
+
+
+def sentences(count: int) -> list[str]:
+    lines = (line.strip() for line in WIKI.open(encoding="utf-8"))
+    return list(itertools.islice((line for line in lines if line), count))
+
+
+def speed(args) -> dict:
+    prompts = [load_template("gcse", name, 1).fill(input_text=s) for name in ("entities", "main_parts")
+               for s in sentences(args.prompts // 2)]  # fmt: skip
+    sampling = Sampling(max_new_tokens=args.extract_max_new_tokens)
+    counter, results = tokenizer(), {}
+    for backend in ("hf", "llama-cpp"):
+        inner, server = generator(backend, batch_size=args.batch_size)
+        try:
+            metered = Metered(inner, counter)
+            metered.generate(prompts, sampling)
+            results[backend] = metered.summary()
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait()
+        print(backend, results[backend], flush=True)
+    return {"prompts": len(prompts), "sampling": vars(sampling) | {"stop": list(sampling.stop)},
+            "hf_batch_size": args.batch_size, "backends": results}  # fmt: skip
+
+
+def run(args) -> dict:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = sentences(args.sentences)
+    (out / "sentences.txt").write_text("".join(f"{s}\n" for s in rows), encoding="utf-8")
+    inner, server = generator(args.backend, batch_size=args.batch_size)
+    metered = Metered(inner, tokenizer())
+    cached = CachedGenerator(metered, out / "cache")
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=0.6, top_p=0.95, seed=args.seed)
+    start = time.perf_counter()
+    try:
+        result = PIPELINES["gcse"](rows, cached, work_dir=out, sampling=sampling, encoder=args.encoder,
+                                   extract_max_new_tokens=args.extract_max_new_tokens)  # fmt: skip
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait()
+    (out / "train.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows))
+    (out / "provenance.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.provenance))
+    summary = {"sentences": len(rows), "backend": args.backend, "encoder": args.encoder,
+               "sampling": vars(sampling) | {"stop": list(sampling.stop)},
+               "extract_max_new_tokens": args.extract_max_new_tokens, "stages": result.stages,
+               "malformed": dict(sorted(result.malformed.items())), "generator": metered.summary(),
+               "cache": {"asked": cached.asked, "hits": cached.hits}, "minutes": round((time.perf_counter() - start) / 60, 1)}  # fmt: skip
+    for name, count in result.stages.items():
+        print(f"{name:40s} {count}")
+    print(json.dumps({key: summary[key] for key in ("malformed", "generator", "cache", "minutes")}), flush=True)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=("speed", "run"))
+    parser.add_argument("--prompts", type=int, default=20, help="speed: prompts per backend")
+    parser.add_argument("--backend", choices=("hf", "llama-cpp"), default="llama-cpp")
+    parser.add_argument("--batch-size", type=int, default=10, help="prompts per HF generate call")
+    parser.add_argument("--sentences", type=int, default=1000)
+    parser.add_argument("--out", default="runs/gcse-pipeline")
+    parser.add_argument("--encoder", default="all-MiniLM-L6-v2")
+    parser.add_argument("--max-new-tokens", type=int, default=96, help="positives and negatives")
+    parser.add_argument("--extract-max-new-tokens", type=int, default=192)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    summary = speed(args) if args.command == "speed" else run(args)
+    if args.json:
+        summary = {"command": " ".join(["python", "benchmarks/gcse_pipeline.py", *sys.argv[1:]]), **summary,
+                   "machine": machine()}  # fmt: skip
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
