@@ -38,12 +38,12 @@ LLAMA_PORT = 8765  # fixed: the server's address is part of the generator's iden
 
 
 class Metered:
-    """A generator that counts its prompts, output tokens and the seconds spent inside the inner generator."""
+    """A generator that counts its prompts, output tokens and the seconds spent inside the inner generator, per
+    phase (greedy extraction, sampled samples), kept in ``path`` (added to what an interrupted run left there)."""
 
-    def __init__(self, inner, tokenizer):
-        self.inner, self.tokenizer, self.identity = inner, tokenizer, inner.identity
-        self.prompts = self.tokens = 0
-        self.seconds = 0.0
+    def __init__(self, inner, tokenizer, path=None):
+        self.inner, self.tokenizer, self.identity, self.path = inner, tokenizer, inner.identity, path
+        self.phases = json.loads(path.read_text()) if path is not None and path.exists() else {}
 
     def generate(self, prompts, sampling):
         outputs = [None] * len(prompts)
@@ -52,18 +52,26 @@ class Metered:
         return outputs
 
     def generate_each(self, prompts, sampling):
+        phase = self.phases.setdefault("extract" if sampling.temperature == 0 else "samples",
+                                       {"prompts": 0, "output_tokens": 0, "seconds": 0.0})  # fmt: skip
         start = time.perf_counter()
         for index, output in stream(self.inner, prompts, sampling):
-            self.seconds += time.perf_counter() - start
-            self.prompts += 1
-            self.tokens += len(self.tokenizer(output or "", add_special_tokens=False)["input_ids"])
+            phase["seconds"] += time.perf_counter() - start
+            phase["prompts"] += 1
+            phase["output_tokens"] += len(self.tokenizer(output or "", add_special_tokens=False)["input_ids"])
+            if self.path is not None and phase["prompts"] % 20 == 0:
+                self.path.write_text(json.dumps(self.phases))
             yield index, output
             start = time.perf_counter()
+        if self.path is not None:
+            self.path.write_text(json.dumps(self.phases))
 
     def summary(self):
-        rate = self.tokens / self.seconds if self.seconds else None
-        return {"prompts": self.prompts, "output_tokens": self.tokens, "seconds": round(self.seconds, 1),
-                "tokens_per_s": round(rate, 1) if rate else None}  # fmt: skip
+        phases = {**self.phases, "all": {key: sum(p[key] for p in self.phases.values())
+                                         for key in ("prompts", "output_tokens", "seconds")}}  # fmt: skip
+        return {name: {**p, "seconds": round(p["seconds"], 1),
+                       "tokens_per_s": round(p["output_tokens"] / p["seconds"], 1) if p["seconds"] else None}
+                for name, p in phases.items()}  # fmt: skip
 
 
 def start_llama_server(threads: int) -> subprocess.Popen:
@@ -82,12 +90,12 @@ def start_llama_server(threads: int) -> subprocess.Popen:
     raise SystemExit("llama_cpp.server did not start within 60 s")
 
 
-def generator(backend: str, *, batch_size: int):
+def generator(backend: str, *, batch_size: int, threads: int):
     """The backend as a generator, and what to stop afterwards (the llama.cpp server process, or None)."""
     if backend == "hf":
         return HFGenerator.from_pretrained(str(smollm2_gguf().parent), gguf_file=smollm2_gguf().name,
                                            batch_size=batch_size), None  # fmt: skip
-    server = start_llama_server(threads=os.cpu_count() or 1)
+    server = start_llama_server(threads=threads)
     return OpenAIGenerator("smollm2", base_url=f"http://127.0.0.1:{LLAMA_PORT}/v1", max_concurrency=1, timeout=300), server
 
 
@@ -108,11 +116,11 @@ def speed(args) -> dict:
     sampling = Sampling(max_new_tokens=args.extract_max_new_tokens)
     counter, results = tokenizer(), {}
     for backend in ("hf", "llama-cpp"):
-        inner, server = generator(backend, batch_size=args.batch_size)
+        inner, server = generator(backend, batch_size=args.batch_size, threads=args.threads)
         try:
             metered = Metered(inner, counter)
             metered.generate(prompts, sampling)
-            results[backend] = metered.summary()
+            results[backend] = metered.summary()["all"]
         finally:
             if server is not None:
                 server.terminate()
@@ -127,8 +135,8 @@ def run(args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     rows = sentences(args.sentences)
     (out / "sentences.txt").write_text("".join(f"{s}\n" for s in rows), encoding="utf-8")
-    inner, server = generator(args.backend, batch_size=args.batch_size)
-    metered = Metered(inner, tokenizer())
+    inner, server = generator(args.backend, batch_size=args.batch_size, threads=args.threads)
+    metered = Metered(inner, tokenizer(), out / "generator-meter.json")
     cached = CachedGenerator(metered, out / "cache")
     sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=0.6, top_p=0.95, seed=args.seed)
     start = time.perf_counter()
@@ -141,7 +149,7 @@ def run(args) -> dict:
             server.wait()
     (out / "train.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows))
     (out / "provenance.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.provenance))
-    summary = {"sentences": len(rows), "backend": args.backend, "encoder": args.encoder,
+    summary = {"sentences": len(rows), "backend": args.backend, "threads": args.threads, "encoder": args.encoder,
                "sampling": vars(sampling) | {"stop": list(sampling.stop)},
                "extract_max_new_tokens": args.extract_max_new_tokens, "stages": result.stages,
                "malformed": dict(sorted(result.malformed.items())), "generator": metered.summary(),
@@ -158,11 +166,12 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=20, help="speed: prompts per backend")
     parser.add_argument("--backend", choices=("hf", "llama-cpp"), default="llama-cpp")
     parser.add_argument("--batch-size", type=int, default=10, help="prompts per HF generate call")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="llama.cpp server threads")
     parser.add_argument("--sentences", type=int, default=1000)
     parser.add_argument("--out", default="runs/gcse-pipeline")
     parser.add_argument("--encoder", default="all-MiniLM-L6-v2")
-    parser.add_argument("--max-new-tokens", type=int, default=96, help="positives and negatives")
-    parser.add_argument("--extract-max-new-tokens", type=int, default=192)
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="positives and negatives")
+    parser.add_argument("--extract-max-new-tokens", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
     args = parser.parse_args()

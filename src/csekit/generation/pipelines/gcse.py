@@ -60,6 +60,10 @@ MAIN_PARTS = ("subject", "action", "state")
 FALLBACK_ENTITY = {"entity": "A man", "type": "person"}  # the reference's stand-in for a row without one
 #: The reference's decoding of the positives and negatives (``7_generate_samples.py``); extraction is greedy.
 SAMPLING = Sampling(max_new_tokens=512, temperature=0.6, top_p=0.95)
+#: Where an output's JSON is complete: the end of a fenced block, and of a ``{"text": ...}`` object (cut before
+#: its quote and brace, which the lenient reading restores). A small model goes on repeating its answer up to
+#: the token limit (SmolLM2-135M does); the reference's 9B models stop by themselves and it sets no stop.
+JSON_ENDS = {"extract": ("\n```\n",), "samples": ("\n```\n", '"}')}
 FENCE = re.compile(r"```(?:json)?\s*(.*?)(?:```|$)", re.S)
 
 
@@ -281,10 +285,11 @@ def _sentence(row: Any) -> str:
 def run(rows: list[Any], generator: Generator, *, work_dir: Path | str, sampling: Sampling = SAMPLING,
         encoder: str = "all-MiniLM-L6-v2", extract_max_new_tokens: int = 512, neighbours: int = 10,
         part_neighbours: int = 5, keep_positive: float = 0.80, keep_negative: float = 0.75,
-        version: int = 1) -> PipelineResult:  # fmt: skip
+        stop_after_json: bool = True, version: int = 1) -> PipelineResult:  # fmt: skip
     """GCSE triplets for ``rows`` (sentences); ``sampling`` decodes the positives and negatives, greedy decoding
     with ``extract_max_new_tokens`` the extraction; ``encoder`` (an asset name or a model path) builds the graphs
-    and denoises; ``version`` picks the template files."""
+    and denoises; ``stop_after_json`` ends each output where its JSON ends (:data:`JSON_ENDS`); ``version``
+    picks the template files."""
     sentences = [_sentence(row) for row in rows]
     work_dir = Path(work_dir)
     template = {name: load_template(PIPELINE, name, version) for name in
@@ -293,7 +298,10 @@ def run(rows: list[Any], generator: Generator, *, work_dir: Path | str, sampling
     result = PipelineResult(columns=("sent0", "sent1", "hard_neg"))
     result.stages["sentences"] = len(sentences)
 
-    greedy = replace(sampling, temperature=0.0, top_p=1.0, max_new_tokens=extract_max_new_tokens)
+    ends = JSON_ENDS if stop_after_json else {"extract": (), "samples": ()}
+    greedy = replace(sampling, temperature=0.0, top_p=1.0, max_new_tokens=extract_max_new_tokens,
+                     stop=(*sampling.stop, *ends["extract"]))  # fmt: skip
+    sampling = replace(sampling, stop=(*sampling.stop, *ends["samples"]))
     prompts = [template[name].fill(input_text=s) for name in ("entities", "main_parts") for s in sentences]
     outputs = _generate(generator, prompts, greedy)
     extracted = []
