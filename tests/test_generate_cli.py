@@ -16,7 +16,7 @@ from llm_servers import Proxy
 
 from csekit.cli.main import main
 from csekit.data.readers import read_examples
-from csekit.generation.pipelines import PIPELINES, claif, syncse
+from csekit.generation.pipelines import PIPELINES, claif, gcse, syncse
 
 SENTENCES = ["A man is playing a guitar.", "Two dogs run across the field.", "The train leaves at noon.",
              "She is cooking dinner for her family.", "The children are laughing at the clown.",
@@ -36,7 +36,7 @@ def _generate(*args: str) -> int:
 
 
 def test_registry_lists_each_pipeline_module():
-    assert PIPELINES == {"syncse": syncse.run, "claif": claif.run}
+    assert PIPELINES == {"syncse": syncse.run, "claif": claif.run, "gcse": gcse.run}
 
 
 @pytest.mark.parametrize(("args", "message"), [

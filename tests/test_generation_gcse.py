@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
@@ -247,33 +248,32 @@ SENTENCES = ["Two dogs run across a snowy field.", "The museum in Paris opened i
              "A woman is slicing three tomatoes.", "The river floods every spring.", "Five students passed the exam."]  # fmt: skip
 
 
-def test_the_pipeline_with_the_real_local_model_and_its_cache(smollm2_generator, minilm, tmp_path):
-    from csekit.generation.base import CachedGenerator, Sampling
-    from csekit.generation.pipelines import PIPELINES
+def test_csekit_generate_gcse_end_to_end_with_the_real_local_model(llama_server, minilm, tmp_path, capsys):
+    from csekit.cli.main import main
+    from csekit.data.readers import read_examples
 
-    cached = CachedGenerator(smollm2_generator, tmp_path / "cache")
-    sampling = Sampling(max_new_tokens=40, temperature=0.6, top_p=0.95, seed=0)
-    options = {"work_dir": tmp_path, "sampling": sampling, "encoder": str(minilm), "extract_max_new_tokens": 64}
-    result = PIPELINES["gcse"]([{"sent0": s} for s in SENTENCES], cached, **options)
-    assert cached.asked == 4 * len(SENTENCES)  # entities, main parts, a positive and a negative per sentence
-    stages, malformed = result.stages, result.malformed
-    for stage, prefix in (("entities parsed", "entities:"), ("main parts parsed", "main_parts:"),
-                          ("positives generated", "positive:"), ("negatives generated", "negative:")):  # fmt: skip
-        assert stages[stage] + sum(n for kind, n in malformed.items() if kind.startswith(prefix)) == len(SENTENCES)
-    assert len(result.rows) == len(result.provenance) == stages["training rows"] >= len(SENTENCES)
-    own = [row["sent0"] for row, record in zip(result.rows, result.provenance) if record["sent0"]["from"] == "sentence"]
-    assert own == SENTENCES  # each sentence's own row, in order; the others are samples neither kept
-    for row, record in zip(result.rows, result.provenance):
-        assert set(row) == {"sent0", "sent1", "hard_neg"} and all(isinstance(text, str) and text for text in row.values())
-        assert record["pipeline"] == "gcse" and record["generator"] == smollm2_generator.identity
-        assert record["source"]["text"] in SENTENCES and record["sampling"]["temperature"] == 0.6
-        kept = record["sent1"]
-        if kept["from"] != "sentence" and record["sent0"]["from"] == "sentence":
-            assert kept["cosine"] >= 0.80 and kept["template"].endswith(".v1")
+    (tmp_path / "sentences.txt").write_text("\n".join(SENTENCES) + "\n")
+    out = tmp_path / "gcse.jsonl"
+    generator = f"openai:smollm2@{llama_server}/v1"
+    args = ["generate", "gcse", "--input", str(tmp_path / "sentences.txt"), "--output", str(out), "--generator", generator,
+            "--max-new-tokens", "24", "--option", "extract_max_new_tokens=48", "--option", f"encoder={minilm}"]  # fmt: skip
+    assert main(args) == 0
+    summary = capsys.readouterr().out
+    assert "gcse: sentences 5 -> entities parsed" in summary and "asked the generator 20, from cache 0" in summary
+    rows = [dict(row) for row in read_examples(out, columns=("sent0", "sent1", "hard_neg"))]  # as training reads them
+    records = [json.loads(line) for line in (tmp_path / "gcse.provenance.jsonl").read_text().splitlines()]
+    assert len(rows) == len(records) >= len(SENTENCES)
+    assert [row["sent0"] for row, record in zip(rows, records) if record["sent0"]["from"] == "sentence"] == SENTENCES
+    for row, record in zip(rows, records):
+        assert record["pipeline"] == "gcse" and record["generator"] == generator
+        assert record["source"]["text"] in SENTENCES and record["sampling"]["temperature"] == 0.6  # the reference's
+        assert record["extraction"]["templates"] == ["entities.v1", "main_parts.v1"]
+        if record["sent1"]["from"] != "sentence" and record["sent0"]["from"] == "sentence":
+            assert record["sent1"]["cosine"] >= 0.80 and record["sent1"]["template"].endswith(".v1")
         if record["hard_neg"]["from"] == "borrowed":
             assert row["hard_neg"] == SENTENCES[record["hard_neg"]["row"]]
         else:
             assert record["hard_neg"]["cosine"] < 0.75
-    assert (tmp_path / "extracted.jsonl").read_text().count("\n") == len(SENTENCES)
-    again = PIPELINES["gcse"]([{"sent0": s} for s in SENTENCES], cached, **options)
-    assert cached.asked == 4 * len(SENTENCES) and again.rows == result.rows  # all from the cache: nothing asked
+    assert main(args) == 0  # a rerun: every output from the cache, the same file
+    assert "asked the generator 0, from cache 20" in capsys.readouterr().out
+    assert [dict(row) for row in read_examples(out, columns=("sent0", "sent1", "hard_neg"))] == rows

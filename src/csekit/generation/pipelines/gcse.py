@@ -285,14 +285,14 @@ def _sentence(row: Any) -> str:
 def run(rows: list[Any], generator: Generator, *, work_dir: Path | str, sampling: Sampling = SAMPLING,
         encoder: str = "all-MiniLM-L6-v2", extract_max_new_tokens: int = 512, neighbours: int = 10,
         part_neighbours: int = 5, keep_positive: float = 0.80, keep_negative: float = 0.75,
-        stop_after_json: bool = True, version: int = 1) -> PipelineResult:  # fmt: skip
+        stop_after_json: bool = True, template_version: int = 1) -> PipelineResult:  # fmt: skip
     """GCSE triplets for ``rows`` (sentences); ``sampling`` decodes the positives and negatives, greedy decoding
     with ``extract_max_new_tokens`` the extraction; ``encoder`` (an asset name or a model path) builds the graphs
-    and denoises; ``stop_after_json`` ends each output where its JSON ends (:data:`JSON_ENDS`); ``version``
+    and denoises; ``stop_after_json`` ends each output where its JSON ends (:data:`JSON_ENDS`); ``template_version``
     picks the template files."""
     sentences = [_sentence(row) for row in rows]
     work_dir = Path(work_dir)
-    template = {name: load_template(PIPELINE, name, version) for name in
+    template = {name: load_template(PIPELINE, name, template_version) for name in
                 ("entities", "main_parts", "style", "rewrite_styles", "refute_styles", "replace_entity", "quantity_revise")}  # fmt: skip
     styles = {"rewrite": template["rewrite_styles"].text.splitlines(), "refute": template["refute_styles"].text.splitlines()}
     result = PipelineResult(columns=("sent0", "sent1", "hard_neg"))
