@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 
 import numpy as np
@@ -52,11 +53,15 @@ def test_entities_read_through_the_usual_failures(output):
         ("I'm sorry, but I can't help with that.", "refusal"),
         ("As an AI language model, I cannot extract entities.", "refusal"),
         ("The sentence has a man and some skis.", "bad_json"),
-        ('{"entity": "a man", "type": "person"}', "bad_json"),  # an object where a list is asked
     ],
 )
 def test_what_is_no_entity_list_is_counted_by_kind(output, kind):
     assert parse_entities(output) == ([], kind)
+
+
+def test_one_entity_without_its_list_is_read_and_a_nested_one_is_none():
+    assert parse_entities('```json\n{"entity": "a man", "type": "person"}\n```') == ([{"entity": "a man", "type": "person"}], None)
+    assert parse_entities('{"entity": {"type": "person", "name": "John"}, "type": "person"}') == ([], None)
 
 
 def test_entity_items_without_both_strings_are_dropped():
@@ -259,21 +264,27 @@ def test_csekit_generate_gcse_end_to_end_with_the_real_local_model(llama_server,
             "--max-new-tokens", "24", "--option", "extract_max_new_tokens=48", "--option", f"encoder={minilm}"]  # fmt: skip
     assert main(args) == 0
     summary = capsys.readouterr().out
-    assert "gcse: sentences 5 -> entities parsed" in summary and "asked the generator 20, from cache 0" in summary
+    asked = re.search(r"asked the generator (\d+), from cache 0", summary)
+    assert summary.startswith("gcse: sentences 5 -> entities parsed") and asked, summary
+    assert int(asked.group(1)) <= 4 * len(SENTENCES)  # entities, main parts, a positive and a negative (if distinct)
     rows = [dict(row) for row in read_examples(out, columns=("sent0", "sent1", "hard_neg"))]  # as training reads them
     records = [json.loads(line) for line in (tmp_path / "gcse.provenance.jsonl").read_text().splitlines()]
     assert len(rows) == len(records) >= len(SENTENCES)
-    assert [row["sent0"] for row, record in zip(rows, records) if record["sent0"]["from"] == "sentence"] == SENTENCES
+    own = [row["sent0"] for row, record in zip(rows, records) if record["columns"]["sent0"]["from"] == "sentence"]
+    assert own == SENTENCES  # each sentence's row, in order; the others are samples neither picked
     for row, record in zip(rows, records):
+        columns = record["columns"]
         assert record["pipeline"] == "gcse" and record["generator"] == generator
         assert record["source"]["text"] in SENTENCES and record["sampling"]["temperature"] == 0.6  # the reference's
         assert record["extraction"]["templates"] == ["entities.v1", "main_parts.v1"]
-        if record["sent1"]["from"] != "sentence" and record["sent0"]["from"] == "sentence":
-            assert record["sent1"]["cosine"] >= 0.80 and record["sent1"]["template"].endswith(".v1")
-        if record["hard_neg"]["from"] == "borrowed":
-            assert row["hard_neg"] == SENTENCES[record["hard_neg"]["row"]]
+        assert set(record["made"]) == {name for name, column in columns.items() if column["from"] in ("positive", "negative")}
+        assert all(made["stage"] == "samples" and made["template"].endswith(".v1") for made in record["made"].values())
+        if columns["sent1"]["from"] != "sentence" and columns["sent0"]["from"] == "sentence":
+            assert columns["sent1"]["cosine"] >= 0.80
+        if columns["hard_neg"]["from"] == "borrowed":
+            assert row["hard_neg"] == SENTENCES[columns["hard_neg"]["row"]]
         else:
-            assert record["hard_neg"]["cosine"] < 0.75
+            assert columns["hard_neg"]["cosine"] < 0.75
     assert main(args) == 0  # a rerun: every output from the cache, the same file
-    assert "asked the generator 0, from cache 20" in capsys.readouterr().out
+    assert "asked the generator 0, from cache 20" in capsys.readouterr().out  # every prompt a hit
     assert [dict(row) for row in read_examples(out, columns=("sent0", "sent1", "hard_neg"))] == rows

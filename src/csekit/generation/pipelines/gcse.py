@@ -97,10 +97,9 @@ def _texts(items: Any, key: str) -> list[dict[str, Any]]:
 def parse_entities(output: str | None) -> tuple[list[dict[str, str]], str | None]:
     """``[{"entity", "type"}]`` of an entity-extraction output, and the malformed kind (or None)."""
     value, problem = parse_json(output)
-    if problem is None and not isinstance(value, list):
-        problem = "bad_json"
     if problem is not None:
         return [], problem
+    value = [value] if isinstance(value, dict) else value  # one entity without its list, as small models write it
     entities = [item for item in _texts(value, "entity") if isinstance(item.get("type"), str) and item["type"].strip()]
     return [{"entity": item["entity"], "type": item["type"].strip()} for item in entities], None
 
@@ -363,14 +362,15 @@ def run(rows: list[Any], generator: Generator, *, work_dir: Path | str, sampling
     extraction = {"templates": [template["entities"].tag, template["main_parts"].tag], "sampling": asdict(greedy)}
     for triplet in triplets:
         origin, cosines = origins[triplet.row], [score for _, score in scored[triplet.row]]
-        around = origin[triplet.sample or 0]["template"] if origin else template["style"]
-        hard_neg = ({"from": "borrowed", "row": triplet.borrowed} if triplet.negative is None
-                    else _column(origin, cosines, triplet.negative))  # fmt: skip
-        record = provenance(pipeline=PIPELINE, stage="denoise", template=around, generator=generator, sampling=sampling,
-                            source={"row": triplet.row, "text": sentences[triplet.row]}, encoder=encoder,
-                            sent0=_column(origin, cosines, triplet.sample),
-                            sent1=_column(origin, cosines, triplet.positive if triplet.sample is None else triplet.sample),
-                            hard_neg=hard_neg, extraction=extraction)  # fmt: skip
+        picks = {"sent0": triplet.sample, "sent1": triplet.positive if triplet.sample is None else triplet.sample,
+                 "hard_neg": triplet.negative}  # fmt: skip
+        columns = {column: _column(origin, cosines, pick) for column, pick in picks.items()}
+        if triplet.negative is None:
+            columns["hard_neg"] = {"from": "borrowed", "row": triplet.borrowed}
+        made = {column: ("samples", origin[pick]["template"]) for column, pick in picks.items() if pick is not None}
+        record = provenance(pipeline=PIPELINE, generator=generator, sampling=sampling, made=made,
+                            source={"row": triplet.row, "text": sentences[triplet.row]}, columns=columns,
+                            encoder=encoder, extraction=extraction)  # fmt: skip
         result.add({"sent0": triplet.sent0, "sent1": triplet.sent1, "hard_neg": triplet.hard_neg}, record)
     result.stages["training rows"] = len(result.rows)
     return result
