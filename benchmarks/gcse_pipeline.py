@@ -160,9 +160,46 @@ def run(args) -> dict:
     return summary
 
 
+def progress(args) -> dict:
+    """How far an interrupted ``run`` got: its extraction outputs in the cache, read as the pipeline reads them
+    (the stage-1 table over the sentences answered so far), and the generator's meter."""
+    from dataclasses import replace
+
+    from csekit.generation.base import cache_key
+    from csekit.generation.pipelines.gcse import JSON_ENDS, parse_entities, parse_main_parts
+
+    out = Path(args.out)
+    rows = sentences(args.sentences)
+    identity = f"openai:smollm2@http://127.0.0.1:{LLAMA_PORT}/v1" if args.backend == "llama-cpp" else None
+    if identity is None:
+        raise SystemExit("progress reads the llama-cpp run's cache (its identity needs no model load)")
+    sampling = Sampling(max_new_tokens=args.max_new_tokens, temperature=0.6, top_p=0.95, seed=args.seed)
+    greedy = replace(sampling, temperature=0.0, top_p=1.0, max_new_tokens=args.extract_max_new_tokens,
+                     stop=JSON_ENDS["extract"])  # fmt: skip
+    cache = CachedGenerator(Metered(type("Offline", (), {"identity": identity})(), None), out / "cache")
+    answered = {}
+    for name, parse in (("entities", parse_entities), ("main_parts", parse_main_parts)):
+        template = load_template("gcse", name, 1)
+        outputs = [cache._load(cache_key(identity, template.fill(input_text=s), greedy)) for s in rows]
+        found = [output for output in outputs if output is not None]
+        parsed = [parse(output) for output in found]
+        problems = [problem for _, problem in parsed]
+        useful = sum(bool(value) if name == "entities" else any(value[kind] for kind in ("subject", "action", "state"))
+                     for value, _ in parsed)  # fmt: skip
+        answered[name] = {"answered": len(found), "parsed": problems.count(None), "with content": useful,
+                          "malformed": {kind: problems.count(kind) for kind in sorted(set(problems) - {None})}}  # fmt: skip
+    meter = out / "generator-meter.json"
+    phases = json.loads(meter.read_text()) if meter.exists() else {}
+    rates = {name: {**p, "seconds": round(p["seconds"], 1), "tokens_per_s": round(p["output_tokens"] / p["seconds"], 1)}
+             for name, p in phases.items()}  # fmt: skip
+    print(json.dumps({"extract": answered, "generator": rates}, indent=1))
+    return {"sentences": len(rows), "backend": args.backend, "extract": answered, "generator": rates,
+            "complete": False}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("speed", "run"))
+    parser.add_argument("command", choices=("speed", "run", "progress"))
     parser.add_argument("--prompts", type=int, default=20, help="speed: prompts per backend")
     parser.add_argument("--backend", choices=("hf", "llama-cpp"), default="llama-cpp")
     parser.add_argument("--batch-size", type=int, default=10, help="prompts per HF generate call")
@@ -175,7 +212,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
     args = parser.parse_args()
-    summary = speed(args) if args.command == "speed" else run(args)
+    summary = {"speed": speed, "run": run, "progress": progress}[args.command](args)
     if args.json:
         summary = {"command": " ".join(["python", "benchmarks/gcse_pipeline.py", *sys.argv[1:]]), **summary,
                    "machine": machine()}  # fmt: skip

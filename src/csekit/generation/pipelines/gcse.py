@@ -313,6 +313,9 @@ def run(rows: list[Any], generator: Generator, *, work_dir: Path | str, sampling
                           "parsed": {"entities": entity_problem is None, "main_parts": parts_problem is None}})  # fmt: skip
     result.stages["entities parsed"] = sum(row["parsed"]["entities"] for row in extracted)
     result.stages["main parts parsed"] = sum(row["parsed"]["main_parts"] for row in extracted)
+    # Parsed JSON may still hold nothing usable (a small model echoes the prompt's example keys): what the draws get.
+    result.stages["rows with an entity"] = sum(bool(row["entities"]) for row in extracted)
+    result.stages["rows with a main part"] = sum(any(row["main_parts"][kind] for kind in MAIN_PARTS) for row in extracted)
 
     embed = _encoder(encoder)
     graphs = Graphs.build(extracted, embed, neighbours=neighbours, part_neighbours=part_neighbours)
