@@ -1,8 +1,9 @@
 """GCSE's data pipeline: knowledge-guided positives and negatives for each sentence, denoised by a frozen encoder.
 
-Li et al. 2024, "Enhancing Unsupervised Sentence Embeddings via Knowledge-Driven Data Augmentation and
-Gaussian-Decayed Contrastive Learning" (arXiv:2409.12887; reference code ``aleversn/GCSE``, ``pipelines/1_*``
-to ``9_*``, prompts in ``prompts/``). Its stages, as the reference runs them:
+Lai, Zhang, Zhang, Fu and Cui, "Enhancing Unsupervised Sentence Embeddings via Knowledge-Driven Data
+Augmentation and Gaussian-Decayed Contrastive Learning", ACL 2025 (long papers), pp. 4919-4940, Sec. 3.1 (the
+pipeline; reference code ``aleversn/GCSE``, ``pipelines/1_*`` to ``9_*``, prompts in ``prompts/``). Its stages,
+as the reference runs them:
 
 1. ``extract`` (``1_extract_entities.py``, ``2_extract_main_parts.py``): the LLM lists each sentence's entities
    at several granularities with their types, and its main parts (theme category, subject with quantity,
@@ -15,7 +16,7 @@ to ``9_*``, prompts in ``prompts/``). Its stages, as the reference runs them:
    positive = a style rewrite (70%) or the sentence with one phrase replaced by its related one (30%; half a
    main part, half an entity); negative = a style refutation (70%), a phrase replaced by a random one of the
    same type (15%) or the subject's quantity revised (15%). Sampled at the reference's temperature 0.6 and
-   top-p 0.95 when the CLI asks so; the extraction prompts decode greedily, as there.
+   top-p 0.95 unless told otherwise; the extraction prompts decode greedily, as there.
 4. ``denoise`` (``9_denoise_generation.py``): the cosine of each generated text to its sentence under a frozen
    encoder; the first sample (positive, then negative) at >= 0.80 becomes the positive, the first below 0.75
    the hard negative (the reference's logits 16 and 15 at temperature 0.05); a row without one keeps its own
@@ -32,8 +33,8 @@ which then passes the negative threshold); parts that are no ``{"text": ...}`` i
 "first part" is taken (the reference falls back to "A man" when the first item is broken). The main-parts
 prompt keeps the reference's misspelt ``suject`` key, and the reading accepts it as ``subject`` (the
 reference reads ``subject`` only, so outputs that copy the prompt lose their subject there). Fewer than 12
-rows: a row with no row 6 on or 6 back borrows the next one (the reference fails). The frozen encoder: the reference leaves it
-open (``<PATH>`` for the graphs, a SimCSE BERT for denoising); the default here is all-MiniLM-L6-v2, cosine
+rows: a row with no row 6 on or 6 back borrows the next one (the reference fails). The frozen encoder: the
+reference leaves it open (``<PATH>`` for the graphs, a SimCSE BERT for denoising); the default here is all-MiniLM-L6-v2, cosine
 with normalised vectors (the reference's ``IndexFlatIP`` equals it for that model, which normalises).
 The reference's stages 5-6 (extra sentences from masked templates) are not part of this pipeline.
 """
