@@ -1,7 +1,7 @@
 """GCSE's data pipeline: knowledge-guided positives and negatives for each sentence, denoised by a frozen encoder.
 
 Lai, Zhang, Zhang, Fu and Cui, "Enhancing Unsupervised Sentence Embeddings via Knowledge-Driven Data
-Augmentation and Gaussian-Decayed Contrastive Learning", ACL 2025 (long papers), pp. 4919-4940, Sec. 3.1 (the
+Augmentation and Gaussian-Decayed Contrastive Learning", ACL 2025 (long papers), pp. 4919-4940 (its
 pipeline; reference code ``aleversn/GCSE``, ``pipelines/1_*`` to ``9_*``, prompts in ``prompts/``). Its stages,
 as the reference runs them:
 
