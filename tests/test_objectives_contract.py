@@ -44,6 +44,9 @@ CONTRACT_OPTIONS: dict[str, dict] = {
     "denosent_pairs": {"prediction_head": TINY_GENERATOR, "decoder_layers": 2, "decoder_feedforward": 64},
     # substitution needs a WordNet database; tests/test_clear.py covers it with a fixture database
     "clear": {"augmentations": ["word_deletion", "reordering"]},
+    # the MLM head (DeCLUTR) and the prediction layer (DefSent) of a tiny saved masked LM
+    "declutr": {"mlm_head": saved_tiny_masked_lm()},
+    "defsent": {"prediction_layer": saved_tiny_masked_lm()},
 }
 #: The tiny encoder's pooler, where an objective needs another than cls (by registry name).
 CONTRACT_POOLERS: dict[str, str] = {"promptbert": "mask_denoised"}
