@@ -35,7 +35,7 @@ def wordnet_data_files(folder: str | Path, *, check: bool = True) -> list[Path]:
 
 def definition_of(gloss: str) -> str:
     """A synset's gloss without its quoted examples: ``'a human being; "there was too much..."'`` -> ``'a human being'``."""
-    return gloss.strip().split('; "', 1)[0].strip()
+    return gloss.strip().split('; "', 1)[0].strip().rstrip(";").rstrip()
 
 
 def wordnet_definitions(folder: str | Path) -> Iterator[tuple[int, dict[str, str]]]:
