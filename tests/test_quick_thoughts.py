@@ -77,3 +77,22 @@ def test_contiguous_batches_are_consecutive_lines_in_shuffled_blocks(tmp_path):
     assert [a + b for a, b in zip(*halves)] == epoch
     with pytest.raises(CsekitError, match="contiguous batches"):
         next(data.batches(0, seed=1, batch_size=4, contiguous=True, drop_last=False))
+
+
+def test_a_run_trains_on_consecutive_lines_and_saves_f_as_a_plain_sentence_transformers_folder(tmp_path):
+    from conftest import write_recipe
+    from sentence_transformers import SentenceTransformer
+
+    from csekit.cli.main import main
+    from csekit.models import load_transformer
+
+    model = tmp_path / "tiny"
+    make_tiny_encoder("mean", hidden_dropout_prob=0.1).save(model)
+    recipe = write_recipe(tmp_path, model, objective="quick_thoughts", pooler="mean", mlp_only_train=False,
+                          max_steps=2)  # fmt: skip
+    assert main(["train", str(recipe)]) == 0
+    final = tmp_path / "run" / "final"
+    stock = SentenceTransformer(str(final), device="cpu").encode(["two dogs run ."])
+    ours = load_transformer(str(final), purpose="a test").encode(["two dogs run ."])
+    assert stock.shape == (1, 32)  # f alone, the encoder's width
+    torch.testing.assert_close(torch.from_numpy(stock), torch.from_numpy(ours), rtol=1e-5, atol=1e-6)

@@ -29,6 +29,8 @@ false``) is not reproduced.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -42,9 +44,9 @@ from csekit.objectives.mlm import mask_tokens, pretrained_mlm_head
 
 
 class DeCLUTR(Objective):
-    columns = ("sent0",)  # documents
-    views = ("sent0",)
-    supports_grad_cache = False  # spans and masks are drawn per call: a slice of the batch draws others
+    columns: ClassVar[tuple[str, ...]] = ("sent0",)  # documents
+    views: ClassVar[tuple[str, ...]] = ("sent0",)
+    supports_grad_cache: ClassVar[bool] = False  # spans and masks are drawn per call: a slice of the batch draws others
 
     def __init__(self, encoder: SentenceEncoder, context: RunContext, *, temperature: float = 0.05,
                  num_anchors: int = 2, num_positives: int = 2, max_span: int = 512, min_span: int = 32,

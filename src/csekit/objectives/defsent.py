@@ -22,6 +22,8 @@ recipe's weight decay 0, the same update).
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -32,10 +34,10 @@ from csekit.objectives.mlm import pretrained_mlm_head
 
 
 class DefSent(Objective):
-    columns = ("sent0", "sent1")  # definition, headword
-    views = ("sent0",)
-    sentence_keys = ("definition",)
-    truncatable = False  # the prediction layer reads the full width
+    columns: ClassVar[tuple[str, ...]] = ("sent0", "sent1")  # definition, headword
+    views: ClassVar[tuple[str, ...]] = ("sent0",)
+    sentence_keys: ClassVar[tuple[str, ...]] = ("definition",)
+    truncatable: ClassVar[bool] = False  # the prediction layer reads the full width
 
     def __init__(self, encoder: SentenceEncoder, context: RunContext, *, prediction_layer: str = "") -> None:
         super().__init__()

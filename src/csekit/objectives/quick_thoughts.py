@@ -25,6 +25,7 @@ followed by its pooler, so ``[f; g]`` would need a module stock sentence-transfo
 from __future__ import annotations
 
 import copy
+from typing import ClassVar
 
 from torch import Tensor
 
@@ -35,10 +36,10 @@ from csekit.objectives.base import Batch, Embeddings, Objective, RunContext
 
 
 class QuickThoughts(Objective):
-    columns = ("sent0",)
-    views = ("sent0",)
-    sentence_keys = ("f", "g")
-    contiguous_batches = True
+    columns: ClassVar[tuple[str, ...]] = ("sent0",)
+    views: ClassVar[tuple[str, ...]] = ("sent0",)
+    sentence_keys: ClassVar[tuple[str, ...]] = ("f", "g")
+    contiguous_batches: ClassVar[bool] = True
 
     def __init__(self, encoder: SentenceEncoder, context: RunContext, *, context_size: int = 1,
                  shared_encoder: bool = False) -> None:  # fmt: skip
