@@ -164,6 +164,8 @@ def test_documents_join_consecutive_lines(tmp_path):
     assert documents == ["one . two .", "three . four .", "five ."]
     with pytest.raises(CsekitError, match="documents=N with N >= 1"):
         list(read_examples(f"documents=0:{text}", columns=("sent0",)))
+    with pytest.raises(CsekitError, match="documents=2:.* supplies sent0, not sent1"):
+        list(read_examples(f"documents=2:{text}", columns=("sent0", "sent1")))
 
 
 # ------------------------------------------------------------------ two gloo ranks

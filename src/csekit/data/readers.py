@@ -193,9 +193,10 @@ def _check_layout(path: Path, columns: tuple[str, ...], layout: str) -> str:
         document_lines(layout)
     elif layout == "wordnet":
         wordnet_data_files(path)
-    missing = [column for column in columns if column not in LAYOUTS[layout.partition("=")[0]]]
+    supplied = LAYOUTS[layout.partition("=")[0]]
+    missing = [column for column in columns if column not in supplied]
     if missing:
-        raise CsekitError(f"{layout}:{path} supplies {', '.join(LAYOUTS[layout])}, not {', '.join(missing)}")
+        raise CsekitError(f"{layout}:{path} supplies {', '.join(supplied)}, not {', '.join(missing)}")
     if layout == "snli":
         if not path.name.startswith("s1."):
             raise CsekitError(f"snli:{path}: name the premises file s1.SPLIT (s2.SPLIT and labels.SPLIT beside it)")
