@@ -5,8 +5,8 @@ Each training example is a document. From it, ``num_anchors`` anchor spans and `
 spans per anchor are sampled (Sec. 2.2; :mod:`csekit.augment.spans`: anchor lengths ~ Beta(4, 2), positive
 lengths ~ Beta(2, 4), between ``min_span`` and ``max_span`` tokens; positives overlap, border or lie inside
 their anchor). Spans are mean-pooled; the positives of an anchor are averaged into one; the contrastive
-loss is NT-Xent over the 2N anchors and positives of the batch (Sec. 2.1, its Eq. 1 summed over both
-directions of every pair: :func:`csekit.losses.nt_xent`, mean over the 2N terms), temperature 0.05, the
+loss is NT-Xent over the 2N anchors and positives of the batch (Sec. 2.1: the pair loss l(i, j) summed over
+both directions of every anchor-positive pair; :func:`csekit.losses.nt_xent`, the mean over the 2N terms), temperature 0.05, the
 anchors of other documents and of the same document being negatives. The total loss adds the masked-LM loss
 of the anchors (Sec. 2.3, ``L = L_contrastive + L_MLM``): the anchors are BERT-masked before they are
 embedded, so one forward pass gives both the anchor embeddings and the MLM predictions.

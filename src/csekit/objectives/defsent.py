@@ -2,7 +2,7 @@
 
 A definition sentence's embedding (the encoder's pooler: [CLS], mean or max, Sec. 3) goes through the
 pretrained masked-LM prediction layer of the same checkpoint (BERT's ``cls.predictions``: transform and
-decoder), frozen, and must predict the defined word: cross-entropy over the vocabulary (Sec. 3, Eq. 1-2).
+decoder), frozen, and must predict the defined word: cross-entropy over the vocabulary (Sec. 3).
 Only words that are one token of the vocabulary are headwords (Sec. 4.1).
 
 As in the reference code (``hpprc/DefSent``, ``experiments/src/model.py``, ``data_module.py``,
