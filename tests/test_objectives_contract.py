@@ -47,6 +47,9 @@ CONTRACT_OPTIONS: dict[str, dict] = {
     "micse": {"min_layer": 0, "max_layer": 2},  # the tiny encoder has 2 layers
     "sgbert": {"projection_dim": 64},
     "whitenedcse": {"num_groups": 16},  # groups of 2 of the tiny encoder's 32 columns
+    # the MLM head (DeCLUTR) and the prediction layer (DefSent) of a tiny saved masked LM
+    "declutr": {"mlm_head": saved_tiny_masked_lm()},
+    "defsent": {"prediction_layer": saved_tiny_masked_lm()},
 }
 #: Gradient tolerance of the gradient-cache checks where the default's 1e-6 is below float32 rounding: batch
 #: whitening centres every column, so a token shared by all rows (the [CLS] embedding) gets a gradient that is

@@ -313,3 +313,23 @@ def energy_hinge(anchors: Tensor, positives: Tensor, negatives: Tensor, *, margi
     others = to_positives.index_put((rows, rows + offset), torch.tensor(-math.inf, dtype=own.dtype, device=own.device))
     hardest = torch.cat([others, cosine_similarity_matrix(anchors, negatives)], dim=1).max(dim=1).values  # (B,)
     return F.relu(margin - own + hardest).mean()
+
+
+# ------------------------------------------------------------------ neighbouring sentences
+def quick_thoughts(first: Tensor, second: Tensor, *, context_size: int = 1) -> Tensor:
+    """Quick-Thoughts' classification of neighbours (Logeswaran & Lee 2018, Eq. 1-2), mean over the batch.
+
+    first, second: (B, H), row i the sentence at position i of B *consecutive* sentences, encoded by f and
+    by g. Scores are inner products ``f(s_i) . g(s_j)`` with the diagonal set to 0 (the reference's
+    ``matrix_set_diag(scores, 0)``: the sentence itself stays a candidate with score 0); the target
+    distribution of row i is uniform over the rows within ``context_size`` of it (the previous and next
+    sentences; the first and last rows have one neighbour); the loss is the softmax cross-entropy.
+    """
+    size = first.shape[0]
+    scores = first @ second.T  # (B, B): [i, j] = f(s_i) . g(s_j)
+    scores = scores * (1 - torch.eye(size, dtype=scores.dtype, device=scores.device))  # diagonal := 0
+    offsets = torch.arange(size, device=first.device)
+    distance = (offsets[:, None] - offsets[None, :]).abs()  # (B, B)
+    targets = ((distance >= 1) & (distance <= context_size)).to(scores.dtype)  # (B, B)
+    targets = targets / targets.sum(dim=1, keepdim=True)
+    return -(targets * F.log_softmax(scores, dim=-1)).sum(dim=-1).mean()

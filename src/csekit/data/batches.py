@@ -15,6 +15,10 @@ Two modes:
 - streaming (``streaming=True``): the files are read again every epoch through a seeded shuffle
   buffer, and only the examples of each batch are tokenized. For corpora larger than memory.
 
+Contiguous batches (``contiguous=True``, Quick-Thoughts: a sentence's neighbours in the file must sit
+beside it in the batch): each global batch is ``batch_size * world_size`` consecutive examples in file
+order, and only the order of these blocks is shuffled.
+
 Distributed training: each global batch has ``batch_size * world_size`` examples and rank ``r``
 takes rows ``[r * batch_size, (r + 1) * batch_size)`` of it, so the ranks together see exactly the
 batch a single process with ``batch_size * world_size`` would see, in the same order.
@@ -160,8 +164,10 @@ class TrainingData:
         drop_last: bool = True,
         rank: int = 0,
         world_size: int = 1,
+        contiguous: bool = False,
     ) -> Iterator[Batch]:
-        """This rank's batches of ``epoch``, in an order fixed by ``(seed, epoch)``, after ``skip`` batches.
+        """This rank's batches of ``epoch``, in an order fixed by ``(seed, epoch)``, after ``skip`` batches;
+        ``contiguous``: each global batch is consecutive examples of the files (only the blocks are shuffled).
 
         With ``world_size > 1`` the last partial global batch is always dropped: ranks must take the
         same number of equally sized steps (cross-device gathering needs equal shapes).
@@ -175,6 +181,9 @@ class TrainingData:
             raise ValueError("drop_last=False cannot split a partial last batch evenly across ranks")
         global_size = batch_size * world_size
         own = slice(rank * batch_size, (rank + 1) * batch_size)  # this rank's rows of a global batch
+        if contiguous and (self.streaming or not drop_last):
+            raise CsekitError("contiguous batches (consecutive sentences) need the examples in memory and full "
+                              "batches: set streaming: false")  # fmt: skip
         if self.streaming:
             return self._streamed_batches(epoch, seed, global_size, own, skip, drop_last)
         if drop_last and self._size < global_size:
@@ -182,11 +191,15 @@ class TrainingData:
                 f"{self._size} training examples are fewer than one batch of {global_size}; "
                 "use a smaller batch size or more data"
             )
-        return self._memory_batches(epoch, seed, global_size, own, skip, drop_last)
+        return self._memory_batches(epoch, seed, global_size, own, skip, drop_last, contiguous)
 
-    def _memory_batches(self, epoch, seed, global_size, own, skip, drop_last) -> Iterator[Batch]:
+    def _memory_batches(self, epoch, seed, global_size, own, skip, drop_last, contiguous=False) -> Iterator[Batch]:
         generator = torch.Generator().manual_seed(_epoch_seed(seed, epoch))
-        order = torch.randperm(self._size, generator=generator)  # (N,)
+        if contiguous:
+            blocks = torch.randperm(self._size // global_size, generator=generator)  # (N // G,)
+            order = (blocks[:, None] * global_size + torch.arange(global_size)).flatten()  # (N // G * G,)
+        else:
+            order = torch.randperm(self._size, generator=generator)  # (N,)
         for number in range(skip, self.num_batches(global_size, drop_last=drop_last)):
             rows = order[number * global_size : (number + 1) * global_size][own]  # (B,) example indices
             batch: Batch = {}

@@ -23,6 +23,13 @@ path (:data:`LAYOUTS`):
 - ``snli:DIR/s1.SPLIT``: SentEval's SNLI split: ``s1.SPLIT`` (premises), ``s2.SPLIT`` (hypotheses) and
   ``labels.SPLIT`` side by side, line by line.
 
+Two layouts build examples that are not one line each, for methods that read more than a sentence:
+
+- ``documents=N:PATH``: a .txt of one sentence a line, every N consecutive non-blank lines joined (by a
+  space) into one document (DeCLUTR's spans come from documents); a last shorter group is a document too.
+- ``wordnet:DIR``: a WordNet database folder (``/usr/share/wordnet``), one example per one-word headword
+  and definition, ``sent0`` the definition and ``sent1`` the headword (:mod:`csekit.data.dictionary`).
+
 Each layout's score scale maps onto [0, 1] by its ends (STS-B ``s / 5``, SICK ``(s - 1) / 4``), so the
 lowest and highest grades of both mean the same. Test files are refused by checksum before a run
 reads them (:func:`csekit.data.labelled.refuse_held_out`).
@@ -44,6 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from csekit.data.dictionary import wordnet_data_files, wordnet_definitions
 from csekit.data.labelled import LABEL, SCORE, canonical_target, target_problem
 from csekit.errors import CsekitError
 
@@ -53,6 +61,8 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
     "stsb": ("sent0", "sent1", SCORE),
     "sick": ("sent0", "sent1", SCORE, LABEL),
     "snli": ("sent0", "sent1", LABEL),
+    "documents": ("sent0",),
+    "wordnet": ("sent0", "sent1"),
 }
 #: How many bad line numbers ReadStats keeps: enough to find the pattern, bounded for huge files.
 MAX_BAD_LINES = 10
@@ -120,22 +130,36 @@ def read_numbered(
     :func:`read_examples` for a reader that must tell which line a result came from."""
     layout, path = split_layout(path)
     columns, targets = tuple(columns), tuple(targets)
-    return _numbered(path, _check_file(path, columns + targets, layout), columns, targets, skip_bad_lines,
-                     stats if stats is not None else ReadStats())  # fmt: skip
+    parsed_as = _check_file(path, columns + targets, layout)
+    stats = stats if stats is not None else ReadStats()
+    if parsed_as == "wordnet":  # a database folder, not a file of lines
+        return _numbered_wordnet(path, columns, stats)
+    return _numbered(path, parsed_as, columns, targets, skip_bad_lines, stats)
 
 
 def split_layout(spec: str | os.PathLike) -> tuple[str | None, Path]:
-    """``"stsb:PATH"`` -> ``("stsb", PATH)``; a path without a layout's name before it -> ``(None, path)``."""
+    """``"stsb:PATH"`` -> ``("stsb", PATH)``, ``"documents=8:PATH"`` -> ``("documents=8", PATH)``; a path
+    without a layout's name before it -> ``(None, path)``."""
     if isinstance(spec, str):
         layout, sep, rest = spec.partition(":")
-        if sep and layout in LAYOUTS:
+        if sep and layout.partition("=")[0] in LAYOUTS:
             return layout, Path(rest)
     return None, Path(spec)
+
+
+def document_lines(layout: str) -> int:
+    """N of ``documents=N``, checked."""
+    name, _, count = layout.partition("=")
+    if name != "documents" or not count.isdigit() or int(count) < 1:
+        raise CsekitError(f"layout {layout!r}: write documents=N with N >= 1 lines per document, e.g. documents=8:PATH")
+    return int(count)
 
 
 def source_files(spec: str | os.PathLike) -> list[Path]:
     """Every file a training file's spec reads (``snli:DIR/s1.SPLIT`` reads three)."""
     layout, path = split_layout(spec)
+    if layout == "wordnet":  # (the reader says what is missing)
+        return wordnet_data_files(path, check=False)
     return [path, *_snli_siblings(path)] if layout == "snli" else [path]
 
 
@@ -145,6 +169,8 @@ def _check_file(path: Path, columns: tuple[str, ...], layout: str | None = None)
         raise ValueError("columns must name at least one column")
     if not path.exists():
         raise CsekitError(f"training file {str(path)!r} does not exist")
+    if layout == "wordnet":
+        return _check_layout(path, columns, layout)
     if path.is_dir():
         raise CsekitError(f"training path {str(path)!r} is a directory; give a file ({', '.join(SUFFIXES)})")
     if layout is not None:
@@ -163,9 +189,14 @@ def _check_file(path: Path, columns: tuple[str, ...], layout: str | None = None)
 
 
 def _check_layout(path: Path, columns: tuple[str, ...], layout: str) -> str:
-    missing = [column for column in columns if column not in LAYOUTS[layout]]
+    if layout.startswith("documents"):
+        document_lines(layout)
+    elif layout == "wordnet":
+        wordnet_data_files(path)
+    supplied = LAYOUTS[layout.partition("=")[0]]
+    missing = [column for column in columns if column not in supplied]
     if missing:
-        raise CsekitError(f"{layout}:{path} supplies {', '.join(LAYOUTS[layout])}, not {', '.join(missing)}")
+        raise CsekitError(f"{layout}:{path} supplies {', '.join(supplied)}, not {', '.join(missing)}")
     if layout == "snli":
         if not path.name.startswith("s1."):
             raise CsekitError(f"snli:{path}: name the premises file s1.SPLIT (s2.SPLIT and labels.SPLIT beside it)")
@@ -216,7 +247,8 @@ def _numbered(path: Path, suffix: str, columns: tuple[str, ...], targets: tuple[
 
     report_bad = report_for(path)
     parse = {".txt": _parse_txt, ".csv": _parse_csv, ".tsv": _parse_csv, ".jsonl": _parse_jsonl,
-             "stsb": _parse_stsb, "sick": _parse_sick, "snli": _parse_snli}[suffix]  # fmt: skip
+             "stsb": _parse_stsb, "sick": _parse_sick, "snli": _parse_snli,
+             "documents": _parse_documents}[suffix.partition("=")[0]]  # fmt: skip
     texts, columns = columns, columns + targets
     with path.open("rb") as file:  # bytes, so a decoding error names its line, not a buffer offset
         lines = _Lines(file, report_bad, keep_bad=suffix == "snli")
@@ -271,6 +303,25 @@ class _Lines:
 def _parse_txt(lines: _Lines, *, columns: tuple[str, ...], **_) -> Iterator[Example | None]:
     for text in lines:
         yield {columns[0]: text}
+
+
+def _parse_documents(lines: _Lines, *, suffix: str, columns: tuple[str, ...], **_) -> Iterator[Example | None]:
+    """Every N consecutive non-blank lines joined into one document (``documents=N``)."""
+    size, group = document_lines(suffix), []
+    for text in lines:
+        if text.strip():
+            group.append(text.strip())
+        if len(group) == size:
+            yield {columns[0]: " ".join(group)}
+            group = []
+    if group:
+        yield {columns[0]: " ".join(group)}
+
+
+def _numbered_wordnet(folder: Path, columns: tuple[str, ...], stats: ReadStats) -> Iterator[tuple[int, Example]]:
+    for number, example in wordnet_definitions(folder):
+        stats.read += 1
+        yield number, {column: example[column] for column in columns}
 
 
 def _parse_jsonl(lines: _Lines, *, columns: tuple[str, ...], targets: tuple[str, ...], report_bad: ReportBad, **_):

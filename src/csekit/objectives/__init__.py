@@ -15,6 +15,8 @@ from csekit.objectives.consert import ConSERT
 from csekit.objectives.cosent import CoSENT
 from csekit.objectives.dclr import DCLR
 from csekit.objectives.debcse import DebCSE
+from csekit.objectives.declutr import DeCLUTR
+from csekit.objectives.defsent import DefSent
 from csekit.objectives.denosent import DenoSent, DenoSentPairs
 from csekit.objectives.diffcse import DiffCSE
 from csekit.objectives.distill_kl import SimilarityDistillation
@@ -30,6 +32,7 @@ from csekit.objectives.mlm import MaskedLMAuxiliary
 from csekit.objectives.options import check_options
 from csekit.objectives.promcse import SupervisedPromCSE, UnsupervisedPromCSE
 from csekit.objectives.promptbert import PromptBERT
+from csekit.objectives.quick_thoughts import QuickThoughts
 from csekit.objectives.sbert import SBERTClassification, SBERTRegression
 from csekit.objectives.sgbert import SGBERT
 from csekit.objectives.simcse import SupervisedSimCSE, UnsupervisedSimCSE
@@ -63,6 +66,9 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "distill_mse": MSEDistillation,
     "ckd": ContrastiveDistillation,
     "distill_kl": SimilarityDistillation,
+    "declutr": DeCLUTR,
+    "quick_thoughts": QuickThoughts,
+    "defsent": DefSent,
 }
 #: Recipe name (``wrappers:``) -> wrapper class, applied in the order a recipe lists them.
 WRAPPERS: dict[str, type[ObjectiveWrapper]] = {

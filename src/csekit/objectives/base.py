@@ -74,6 +74,8 @@ class Objective(nn.Module):
     #: Whether ``loss`` takes the sentence keys cut to a prefix of their width (Matryoshka); a classifier
     #: over the full width (Sentence-BERT's) or a queue of full-width keys (ESimCSE's) does not.
     truncatable: ClassVar[bool] = True
+    #: Whether each batch must be consecutive examples of the training files (Quick-Thoughts' neighbours).
+    contiguous_batches: ClassVar[bool] = False
 
     def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
         raise NotImplementedError
@@ -131,7 +133,7 @@ class ObjectiveWrapper(Objective):
     """An objective that holds another and adds to it (an auxiliary loss, a Matryoshka sum).
 
     Columns, views, sentence keys, targets, saved heads, precomputed embeddings, gradient-cache and truncation
-    support and both hooks are the inner objective's; a wrapper overrides ``embed`` and ``loss`` and calls the inner ones.
+    support, contiguous batches and both hooks are the inner objective's; a wrapper overrides ``embed`` and ``loss`` and calls the inner ones.
     """
 
     def __init__(self, inner: Objective):
@@ -161,6 +163,10 @@ class ObjectiveWrapper(Objective):
     @property
     def truncatable(self) -> bool:  # type: ignore[override]
         return self.inner.truncatable
+
+    @property
+    def contiguous_batches(self) -> bool:  # type: ignore[override]
+        return self.inner.contiguous_batches
 
     def embed(self, encoder: SentenceEncoder, batch: Batch) -> Embeddings:
         return self.inner.embed(encoder, batch)

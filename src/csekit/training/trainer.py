@@ -145,7 +145,8 @@ def _train(config: TrainConfig, device: torch.device, saved: dict | None, stop: 
         micro, accumulated = 0, {}
         while state.step < total_steps:
             epoch = data.batches(state.epoch, seed=config.seed, batch_size=config.batch_size,
-                                 skip=state.batches_in_epoch, rank=rank, world_size=world_size)  # fmt: skip
+                                 skip=state.batches_in_epoch, rank=rank, world_size=world_size,
+                                 contiguous=objective.contiguous_batches)  # fmt: skip
             with closing(prefetched(epoch, device=device)) as batches:  # padded by a thread, a step ahead
                 for batch in batches:
                     batch = _to_device(batch, device)
