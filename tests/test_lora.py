@@ -18,7 +18,7 @@ from csekit.training.config import TrainConfig
 from csekit.training.trainer import build_model
 
 #: Objectives that train a copy of the backbone, by the prefix of its parameters.
-BACKBONE_COPIES = {"diffcse": "discriminator."}
+BACKBONE_COPIES = {"diffcse": "discriminator.", "quick_thoughts": "context_encoder."}
 #: Objectives that train a prefix over a frozen backbone, and so refuse adapters.
 PREFIX_ONLY = {"promcse", "promcse_sup"}
 SENTENCES = ["a man plays the guitar .", "two dogs run in the snow .", "the market fell today ."]
