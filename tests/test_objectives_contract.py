@@ -50,6 +50,7 @@ CONTRACT_OPTIONS: dict[str, dict] = {
     # the MLM head (DeCLUTR) and the prediction layer (DefSent) of a tiny saved masked LM
     "declutr": {"mlm_head": saved_tiny_masked_lm()},
     "defsent": {"prediction_layer": saved_tiny_masked_lm()},
+    "clusterns": {"clusters": 4},  # k <= the batch (tests/test_clusterns.py runs the started clustering)
 }
 #: Gradient tolerance of the gradient-cache checks where the default's 1e-6 is below float32 rounding: batch
 #: whitening centres every column, so a token shared by all rows (the [CLS] embedding) gets a gradient that is

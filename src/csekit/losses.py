@@ -333,3 +333,61 @@ def quick_thoughts(first: Tensor, second: Tensor, *, context_size: int = 1) -> T
     targets = ((distance >= 1) & (distance <= context_size)).to(scores.dtype)  # (B, B)
     targets = targets / targets.sum(dim=1, keepdim=True)
     return -(targets * F.log_softmax(scores, dim=-1)).sum(dim=-1).mean()
+
+
+# ------------------------------------------------------------------ clusters and rankings
+def bidirectional_margin(similarities: Tensor, positives: Tensor, false_negatives: Tensor, *, alpha: float,
+                         beta: float) -> Tensor:  # fmt: skip
+    """ClusterNS's bidirectional margin loss on in-batch false negatives (Deng et al. 2023, Sec. 3.4; reference
+    ``kmeans_cluster.false_negative_loss``): a false negative j of anchor i should sit between the hard negatives
+    and the positive, ``-beta <= s_ij - s_ii <= -alpha``. With ``d_ij = (s_ij - s_ii) * m_ij``,
+    ``mean_ij relu(d_ij + alpha) + relu(-d_ij - beta)``: the mean runs over every entry, the unmasked ones
+    (``d = 0``) adding the constant ``relu(alpha) + relu(-beta)``, as the reference's does.
+
+    similarities: (B, N) cosine similarities of the anchors to the candidates. positives: (B,) each anchor's
+    similarity to its positive. false_negatives: (B, N) 1 where candidate j is a false negative of anchor i.
+    """
+    delta = (similarities - positives[:, None]) * false_negatives.to(similarities.dtype)  # (B, N)
+    return (F.relu(delta + alpha) + F.relu(-delta - beta)).mean()
+
+
+def jensen_shannon(logits_p: Tensor, logits_q: Tensor) -> Tensor:
+    """``mean_i JS(softmax(logits_p[i]) || softmax(logits_q[i]))`` in nats: RankCSE's ranking consistency (Liu
+    et al. 2023, Sec. 3.2) between the similarity lists of two dropout views. logits: (B, N) each."""
+    log_p, log_q = F.log_softmax(logits_p, dim=-1), F.log_softmax(logits_q, dim=-1)  # (B, N)
+    log_m = torch.logsumexp(torch.stack([log_p, log_q]), dim=0) - math.log(2.0)  # log of the mixture (P + Q) / 2
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(dim=-1)  # (B,)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(dim=-1)
+    return (0.5 * (kl_pm + kl_qm)).mean()
+
+
+def listnet(student_logits: Tensor, teacher_logits: Tensor, *, exclude: Tensor | None = None) -> Tensor:
+    """ListNet's top-one cross entropy (Cao et al. 2007): ``mean_i -sum_j softmax(t_i)_j log softmax(s_i)_j``,
+    the teacher's list as the target of the student's (RankCSE's ranking distillation, reference ``ListNet``).
+
+    student_logits, teacher_logits: (B, N) similarity lists already divided by their temperatures; the teacher's
+    carries no gradient. exclude: (B, N) bool entries left out of both lists (a sentence's own similarity).
+    """
+    teacher_logits = teacher_logits.detach()
+    if exclude is not None:
+        student_logits = student_logits.masked_fill(exclude, -math.inf)
+        teacher_logits = teacher_logits.masked_fill(exclude, -math.inf)
+    target = F.softmax(teacher_logits, dim=-1)  # (B, N), 0 where excluded
+    log_p = F.log_softmax(student_logits, dim=-1)
+    terms = target * log_p.masked_fill(target == 0, 0.0)  # 0 * -inf must not make NaN
+    return -terms.sum(dim=-1).mean()
+
+
+def listmle(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
+    """ListMLE (Xia et al. 2008): the negative log-likelihood of the teacher's ranking under the student's
+    Plackett-Luce model, ``mean_i sum_k [log sum_{l >= k} exp(s_i,pi(l)) - s_i,pi(k)]`` with ``pi`` the teacher's
+    order of row i, highest first (RankCSE's ranking distillation, reference ``ListMLE``). Ties in the teacher's
+    list keep their column order (a stable sort; the reference shuffles before sorting).
+
+    student_logits, teacher_logits: (B, N); only the teacher's order matters, and it carries no gradient.
+    """
+    order = teacher_logits.detach().argsort(dim=-1, descending=True, stable=True)  # (B, N)
+    ranked = student_logits.gather(1, order)  # (B, N): the student's scores in the teacher's order
+    # log sum over each suffix of the ranking: a reversed cumulative logsumexp
+    suffix = torch.logcumsumexp(ranked.flip(dims=[1]), dim=1).flip(dims=[1])  # (B, N)
+    return (suffix - ranked).sum(dim=-1).mean()

@@ -11,6 +11,7 @@ from csekit.objectives.angle import AnglE
 from csekit.objectives.base import Batch, Embeddings, Objective, ObjectiveWrapper, RunContext
 from csekit.objectives.ckd import ContrastiveDistillation
 from csekit.objectives.clear import CLEAR
+from csekit.objectives.clusterns import ClusterNS
 from csekit.objectives.consert import ConSERT
 from csekit.objectives.cosent import CoSENT
 from csekit.objectives.dclr import DCLR
@@ -33,6 +34,7 @@ from csekit.objectives.options import check_options
 from csekit.objectives.promcse import SupervisedPromCSE, UnsupervisedPromCSE
 from csekit.objectives.promptbert import PromptBERT
 from csekit.objectives.quick_thoughts import QuickThoughts
+from csekit.objectives.rankcse import RankCSE
 from csekit.objectives.sbert import SBERTClassification, SBERTRegression
 from csekit.objectives.sgbert import SGBERT
 from csekit.objectives.simcse import SupervisedSimCSE, UnsupervisedSimCSE
@@ -47,6 +49,8 @@ OBJECTIVES: dict[str, type[Objective]] = {
     "dclr": DCLR,
     "debcse": DebCSE,
     "esimcse": ESimCSE,
+    "clusterns": ClusterNS,
+    "rankcse": RankCSE,
     "consert": ConSERT,
     "clear": CLEAR,
     "diffcse": DiffCSE,

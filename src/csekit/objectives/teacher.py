@@ -38,6 +38,30 @@ def teacher_output(teacher: FrozenHelper, texts: Sequence[str]) -> Tensor:
     return F.normalize(rows, dim=-1) if teacher.module.normalize else rows
 
 
+def frozen_teacher(encoder: SentenceEncoder, reference: str, columns: tuple[str, ...] = ("sent0",)) -> FrozenHelper:
+    """The teacher helper built from ``reference``, reading the raw text of ``columns`` (see the module docstring)."""
+    teacher = FrozenHelper.encoder(encoder, reference, role="teacher", columns=columns)
+    teacher.text_columns = columns  # raw text always
+    return teacher
+
+
+def teacher_rows(teacher: FrozenHelper, batch: Batch, column: str, key: str | None = None) -> Tensor:
+    """(B, Ht) ``teacher``'s embeddings of ``column``: the batch's precomputed ``key`` (default
+    :func:`teacher_key`), or computed from the batch's text."""
+    key = key or teacher_key(column)
+    width = teacher.module.embedding_dim
+    precomputed = batch.get(EMBEDDINGS, {}).get(key)
+    if precomputed is not None:
+        if precomputed.shape[-1] != width:
+            raise CsekitError(f"precomputed {key} embeddings are {precomputed.shape[-1]} wide; the "
+                              f"teacher {teacher.reference!r} gives {width}")  # fmt: skip
+        return precomputed
+    if column not in batch.get(TEXT, {}):
+        raise CsekitError(f"the teacher needs the raw text of column {column} or its precomputed "
+                          f"{key} embeddings; this batch carries neither")  # fmt: skip
+    return teacher_output(teacher, batch[TEXT][column])
+
+
 class TeacherEmbeddings:
     """A mixin for an :class:`~csekit.objectives.base.Objective` distilled from a frozen teacher on one text
     column: ``embed`` gives ``{"student": (B, H), "teacher": (B, Ht)}``."""
@@ -47,8 +71,7 @@ class TeacherEmbeddings:
     sentence_keys: ClassVar[tuple[str, ...]] = ("student",)
 
     def build_teacher(self, encoder: SentenceEncoder, reference: str, columns: tuple[str, ...] = ("sent0",)) -> None:
-        self.teacher = FrozenHelper.encoder(encoder, reference, role="teacher", columns=columns)
-        self.teacher.text_columns = columns  # raw text always (see the module docstring)
+        self.teacher = frozen_teacher(encoder, reference, columns)
 
     @property
     def teacher_dim(self) -> int:
@@ -56,16 +79,7 @@ class TeacherEmbeddings:
 
     def teacher_rows(self, batch: Batch, column: str) -> Tensor:
         """(B, Ht) the teacher's embeddings of ``column``: precomputed, or computed from the batch's text."""
-        precomputed = batch.get(EMBEDDINGS, {}).get(teacher_key(column))
-        if precomputed is not None:
-            if precomputed.shape[-1] != self.teacher_dim:
-                raise CsekitError(f"precomputed {teacher_key(column)} embeddings are {precomputed.shape[-1]} wide; the "
-                                  f"teacher {self.teacher.reference!r} gives {self.teacher_dim}")  # fmt: skip
-            return precomputed
-        if column not in batch.get(TEXT, {}):
-            raise CsekitError(f"the teacher needs the raw text of column {column} or its precomputed "
-                              f"{teacher_key(column)} embeddings; this batch carries neither")  # fmt: skip
-        return teacher_output(self.teacher, batch[TEXT][column])
+        return teacher_rows(self.teacher, batch, column)
 
     def precomputed_embeddings(self) -> dict[str, tuple[FrozenHelper, str]]:
         return {teacher_key(column): (self.teacher, column) for column in self.teacher.text_columns}
