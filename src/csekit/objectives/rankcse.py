@@ -18,6 +18,8 @@ the teacher-embedding cache (:mod:`csekit.objectives.teacher`, :mod:`csekit.trai
 teacher is in eval mode, so its two "views" are one embedding and its list is ``cos(t_i, t_j)``. The defaults are
 those of the reference code's ``train.py`` (ListNet, beta 1, gamma 0.1); its run script, whose values
 ``recipes/rankcse-bert-base-uncased.yaml`` takes, trains ListMLE with gamma 1.
+The student's list is at t1 in both variants and the teachers' at t2, as the reference code computes them (its
+README's third temperature, t2 / 2, is defined in its ``ListNet`` class and never used).
 
 Where this departs from the reference code (perceptiveshawty/RankCSE, a community implementation: the authors
 released none): its consistency term (``Divergence``) clamps the *log* of the mixture at 1e-7, which makes every
