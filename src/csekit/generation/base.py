@@ -75,6 +75,20 @@ def stream(generator: Generator, prompts: Sequence[Prompt], sampling: Sampling) 
         yield from enumerate(generator.generate(prompts, sampling))
 
 
+class StreamingGenerator:
+    """A generator that yields ``(index, output)`` as outputs finish (:meth:`generate_each`); ``generate`` collects
+    them in prompt order."""
+
+    def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str | None]:
+        outputs: list[str | None] = [None] * len(prompts)
+        for index, output in self.generate_each(prompts, sampling):
+            outputs[index] = output
+        return outputs
+
+    def generate_each(self, prompts: Sequence[Prompt], sampling: Sampling) -> Iterator[tuple[int, str | None]]:
+        raise NotImplementedError
+
+
 def cache_key(identity: str, prompt: Prompt, sampling: Sampling) -> str:
     """sha256 of what decides an output: the generator's identity, the prompt's messages and the sampling."""
     record = {"identity": identity, "messages": as_messages(prompt), "sampling": asdict(sampling)}

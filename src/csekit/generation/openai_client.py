@@ -21,13 +21,13 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import openai
 
 from csekit.errors import CsekitError
-from csekit.generation.base import Prompt, Sampling, as_messages
+from csekit.generation.base import Prompt, Sampling, StreamingGenerator, as_messages
 
 #: Sent where the key variable is unset: local servers (llama.cpp, vLLM) accept any key, the client needs one.
 NO_KEY = "no-key"
 
 
-class OpenAIGenerator:
+class OpenAIGenerator(StreamingGenerator):
     """``model`` at ``base_url`` (``http://127.0.0.1:8000/v1``); the API key is read from ``$api_key_env``."""
 
     def __init__(self, model: str, *, base_url: str, max_concurrency: int = 4, timeout: float = 60.0,
@@ -46,12 +46,6 @@ class OpenAIGenerator:
         self.failures: Counter[str] = Counter()
         self.retries = 0
         self._lock = threading.Lock()
-
-    def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[str | None]:
-        outputs: list[str | None] = [None] * len(prompts)
-        for index, output in self.generate_each(prompts, sampling):
-            outputs[index] = output
-        return outputs
 
     def generate_each(self, prompts: Sequence[Prompt], sampling: Sampling) -> Iterator[tuple[int, str | None]]:
         """``(index, output)`` in the order the answers arrive."""
