@@ -27,16 +27,13 @@ BERT_MINI_REPO = "google/bert_uncased_L-4_H-256_A-4"
 _RESOLVE = re.compile(r"^/(?P<repo>.+?)/resolve/[^/]+/(?P<file>.+)$")
 
 
-class HubServer:
-    """Serves ``root`` (``{repo}/{file}`` for ``/{repo}/resolve/{revision}/{file}``) until closed."""
+class LocalServer:
+    """An HTTP server on 127.0.0.1 in a daemon thread; its handler reaches the owner as ``self.server.<name>``."""
 
-    def __init__(self, root: Path, port: int = 0):
-        self.root = root
-        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
-        self.cut: dict[str, int] = {}  # path -> bytes sent before the connection drops (once)
-        self.flip: dict[str, int] = {}  # path -> offset of a byte sent altered (once)
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), _Handler)
-        self.httpd.hub = self
+    def serve(self, handler: type[http.server.BaseHTTPRequestHandler], port: int = 0, *, name: str) -> None:
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+        self.httpd.daemon_threads = True
+        setattr(self.httpd, name, self)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
@@ -45,6 +42,17 @@ class HubServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self._thread.join(timeout=10)
+
+
+class HubServer(LocalServer):
+    """Serves ``root`` (``{repo}/{file}`` for ``/{repo}/resolve/{revision}/{file}``) until closed."""
+
+    def __init__(self, root: Path, port: int = 0):
+        self.root = root
+        self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
+        self.cut: dict[str, int] = {}  # path -> bytes sent before the connection drops (once)
+        self.flip: dict[str, int] = {}  # path -> offset of a byte sent altered (once)
+        self.serve(_Handler, port, name="hub")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):

@@ -20,6 +20,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from hub_server import LocalServer
+
 
 def start_llama_server(gguf: Path, port: str, log: Path) -> subprocess.Popen:
     """llama.cpp's server on ``gguf`` at 127.0.0.1:``port``, ready to answer (its output in ``log``)."""
@@ -40,7 +42,7 @@ def start_llama_server(gguf: Path, port: str, log: Path) -> subprocess.Popen:
     raise RuntimeError(f"llama_cpp.server did not answer within 120 s: {log.read_text()[-2000:]}")
 
 
-class Proxy:
+class Proxy(LocalServer):
     """Forwards to ``upstream`` (``http://127.0.0.1:PORT``) and records: ``bodies`` (each request's JSON body,
     as it arrived), ``in_flight`` and ``most_in_flight``, ``answered`` (requests given an upstream answer)."""
 
@@ -52,17 +54,7 @@ class Proxy:
         self.bodies: list[dict] = []
         self.in_flight = self.most_in_flight = self.answered = 0
         self.lock = threading.Lock()
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        self.httpd.daemon_threads = True
-        self.httpd.proxy = self
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self._thread.join(timeout=10)
+        self.serve(_Handler, name="proxy")
 
 
 def _completion(content: str) -> bytes:
