@@ -41,7 +41,8 @@ def score(model: str, data_dir: str | None, pairs: int, *, pooler: str | None = 
     encoder = load_encoder(model, pooler=pooler)
     started, scores = time.perf_counter(), {}
     for task in TASKS:
-        scores[task] = round(sampled(task, pairs, 0, data_dir).evaluate(encoder)[task], 2)
+        evaluator, _ = sampled(task, pairs, 0, data_dir)
+        scores[task] = round(evaluator.evaluate(encoder)[task], 2)
     return {**scores, "seconds": round(time.perf_counter() - started, 1)}
 
 
