@@ -14,7 +14,7 @@ from llm_servers import Proxy
 
 from csekit.errors import CsekitError, CsekitNote
 from csekit.generation import CachedGenerator, Generator, Sampling, make_generator
-from csekit.generation.base import cache_key
+from csekit.generation.base import cache_key, prompt_seed
 from csekit.generation.hf import cut_at_stop
 from csekit.generation.openai_client import OpenAIGenerator
 
@@ -187,6 +187,21 @@ def test_openai_generator_does_not_retry_a_4xx_and_counts_timeouts_and_refused_c
         slow.close()
     closed = _client(f"http://127.0.0.1:{free_port()}", max_retries=2)
     assert closed.generate(["x"], GREEDY) == [None] and closed.failures == {"connection": 1} and closed.retries == 2
+
+
+def test_openai_generator_seeds_each_prompt_apart_and_each_prompt_the_same_every_time():
+    proxy = Proxy()  # answers itself: only the request bodies matter
+    try:
+        sampled = Sampling(max_new_tokens=4, temperature=0.7, seed=5)
+        generator = _client(proxy.url, max_concurrency=1)
+        generator.generate(["one", "two", "one"], sampled)
+        generator.generate(["one"], Sampling(max_new_tokens=4, temperature=0.7, seed=6))
+        seeds = [body["seed"] for body in proxy.bodies]
+    finally:
+        proxy.close()
+    assert seeds[0] == seeds[2] == prompt_seed(5, "one") and seeds[1] == prompt_seed(5, "two")
+    assert len({seeds[0], seeds[1], seeds[3]}) == 3  # another prompt or another run seed: another stream
+    assert all(0 <= seed < 2**31 for seed in seeds)
 
 
 def test_the_smollm2_file_is_found_without_importing_its_package_and_its_absence_says_what_to_install(monkeypatch):

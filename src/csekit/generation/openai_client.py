@@ -5,7 +5,8 @@ Each request has ``timeout`` seconds. A connection error, a timeout, 429 or any 
 ``max_retries`` times after an exponential backoff with full jitter (``uniform(0, min(cap, base·2^attempt))``),
 the client's own retries switched off so that this is the one policy; any other 4xx (a bad request, a wrong
 key, an unknown model) would fail the same way again and is not retried. A prompt that still fails gives
-``None`` and is counted in ``failures`` by reason; a run never crashes on a backend error.
+``None`` and is counted in ``failures`` by reason; a run never crashes on a backend error. Each request
+carries its own seed, derived from the sampling's seed and the prompt (:func:`~csekit.generation.base.prompt_seed`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 import openai
 
 from csekit.errors import CsekitError
-from csekit.generation.base import Prompt, Sampling, StreamingGenerator, as_messages
+from csekit.generation.base import Prompt, Sampling, StreamingGenerator, as_messages, prompt_seed
 
 #: Sent where the key variable is unset: local servers (llama.cpp, vLLM) accept any key, the client needs one.
 NO_KEY = "no-key"
@@ -56,7 +57,8 @@ class OpenAIGenerator(StreamingGenerator):
 
     def _ask(self, prompt: Prompt, sampling: Sampling) -> str | None:
         request = {"model": self.model, "messages": as_messages(prompt), "max_tokens": sampling.max_new_tokens,
-                   "temperature": sampling.temperature, "top_p": sampling.top_p, "seed": sampling.seed}  # fmt: skip
+                   "temperature": sampling.temperature, "top_p": sampling.top_p,
+                   "seed": prompt_seed(sampling.seed, prompt)}  # fmt: skip
         if sampling.stop:
             request["stop"] = list(sampling.stop)
         for attempt in range(self.max_retries + 1):
