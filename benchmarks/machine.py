@@ -36,7 +36,8 @@ def machine() -> dict:
 
 def describe(info: dict) -> str:
     gpu = f", {info['gpu']}" if "gpu" in info else ""
-    return (f"{info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads, load {info['load_1min']} "
+    threads = f"{info['torch_threads']} torch thread{'' if info['torch_threads'] == 1 else 's'}"
+    return (f"{info['cpu']}, {info['cores']} cores ({threads}, load {info['load_1min']} "
             f"at the start){gpu}, torch {info['torch']}")  # fmt: skip
 
 
