@@ -53,9 +53,15 @@ def test_unchanged_paraphrases_give_the_plain_score_and_rewrites_move_it(pairs, 
 
 
 def test_unusable_outputs_keep_the_sentence_and_are_counted(pairs, encode):
-    refusing = Rewriter(lambda sentence, seed: "I'm sorry, I can't do that." if len(sentence) % 2 else sentence.upper())
+    refusing = Rewriter(lambda sentence, seed: "I'm sorry, I can't do that." if len(sentence) % 2 else f"Indeed, {sentence}")
     result = paraphrase_sts(encode, pairs, refusing, draws=1)
     sentences = {text for text in (*pairs[0].first, *pairs[0].second)}
-    assert result.unusable == [sum(len(s) % 2 for s in sentences)] and 0 < result.changed[0] < 1
+    kept = sum(len(s) % 2 for s in sentences)
+    assert result.unusable == [kept] and result.changed == [pytest.approx(1 - kept / len(sentences))]
     with pytest.raises(CsekitError, match="draws"):
         paraphrase_sts(encode, pairs, refusing, draws=0)
+
+
+def test_a_rewrite_in_other_case_spacing_or_punctuation_is_not_a_change(pairs, encode):
+    recased = Rewriter(lambda sentence, seed: sentence.strip().rstrip(" .").capitalize().replace(" ,", ",") + ".")
+    assert paraphrase_sts(encode, pairs, recased, draws=1).changed == [0.0]

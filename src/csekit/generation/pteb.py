@@ -10,7 +10,9 @@ Here: every distinct sentence of the task's pairs is paraphrased once per draw (
 ``sampling.seed + d``; a sentence repeated across pairs keeps one paraphrase within a draw), both sides of
 each pair are replaced, and the score is the task's usual number (cosine Spearman ×100; for STS12–16 over
 all subsets' pairs pooled, the "all" aggregate). An unusable output (empty, a refusal, no answer) keeps the
-original sentence and is counted; ``changed`` is the share of sentences whose paraphrase differs from them.
+original sentence and is counted; ``changed`` is the share of sentences whose paraphrase has other words than
+they have (case, spacing and punctuation aside: "a man is cutting a fish ." → "A man is cutting a fish." is no
+paraphrase).
 
 Departures, and why: the paper first selects its paraphraser with an LLM judge against STS gold ratings and
 reports the paraphrases' judged similarity; here the paraphraser is whatever ``--generator`` names and no
@@ -20,6 +22,7 @@ is reported). The prompt (``templates/pteb/paraphrase.v1.txt``) is csekit's own.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -79,6 +82,10 @@ def paraphrase_sts(encode: Callable[[list[str]], np.ndarray], subsets: Sequence[
             unusable += problem is not None
             rewrite[sentence] = sentence if text is None else text
         result.draws.append(sts_spearman(encode, subsets, rewrite))
-        result.changed.append(sum(rewrite[s] != s for s in sentences) / len(sentences))
+        result.changed.append(sum(_words(rewrite[s]) != _words(s) for s in sentences) / len(sentences))
         result.unusable.append(unusable)
     return result
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.casefold())
