@@ -85,7 +85,8 @@ def markdown(saved: dict, args: argparse.Namespace) -> str:
              "Each distinct test sentence is paraphrased by the generator once per draw (seed 0, 1, 2, ...; "
              f"temperature {SAMPLING.temperature}, top-p {SAMPLING.top_p}, at most {SAMPLING.max_new_tokens} new tokens), "
              "both sides of every pair are replaced, and the pairs are scored as usual (cosine Spearman ×100) against "
-             "the original gold scores. *changed*: the share of sentences whose paraphrase differs from them; "
+             "the original gold scores. *changed*: the share of sentences whose paraphrase has other words than they have "
+             "(case, spacing and punctuation aside); "
              "*unusable*: outputs that were empty or refusals (the sentence was kept). Protocol: Frank & Afli (2025), "
              "see `src/csekit/generation/pteb.py` for where it departs.", "",
              "| model | task | pairs | generator | plain | paraphrased (mean ± std) | Δ | draws | changed | unusable | time |",
