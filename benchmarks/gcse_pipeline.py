@@ -9,7 +9,9 @@
 
 ``run`` writes OUT/sentences.txt (the input sentences, what unsupervised SimCSE trains on for comparison),
 OUT/train.jsonl (``sent0``, ``sent1``, ``hard_neg``: what ``recipes/gcse-generated-cpu.yaml`` trains on),
-OUT/provenance.jsonl (one record per row) and the stage table. Tokens are counted with SmolLM2's own tokenizer
+OUT/provenance.jsonl (one record per row) and the stage table. ``control`` writes OUT/control.jsonl, what the
+pipeline gives when no generation is usable (each sentence as its own positive, the sentence six rows on as
+its negative): GCSE trained on it is the row that says what the generated text adds. Tokens are counted with SmolLM2's own tokenizer
 over the outputs, and tokens/s over the time spent inside the generator (cache hits excluded).
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from machine import machine
 
+from csekit.atomic import write_text
 from csekit.generation.base import CachedGenerator, Sampling, stream
 from csekit.generation.hf import HFGenerator, smollm2_gguf
 from csekit.generation.openai_client import OpenAIGenerator
@@ -160,6 +163,22 @@ def run(args) -> dict:
     return summary
 
 
+def control(args) -> dict:
+    """The training file the pipeline writes when no generation is usable: the reference's denoising loop with
+    no samples, so each row is (sentence, sentence, the sentence six rows on). GCSE trained on it measures what
+    the LLM's rewrites add to the objective and its borrowed negatives."""
+    from csekit.generation.pipelines.gcse import denoise
+
+    rows = sentences(args.sentences)
+    triplets = denoise(rows, [[] for _ in rows])
+    path = Path(args.out) / "control.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, "".join(json.dumps({"sent0": t.sent0, "sent1": t.sent1, "hard_neg": t.hard_neg}, ensure_ascii=False) + "\n"
+                             for t in triplets))  # fmt: skip
+    print(f"wrote {len(triplets)} rows to {path}")
+    return {"sentences": len(rows), "rows": len(triplets)}
+
+
 def progress(args) -> dict:
     """How far an interrupted ``run`` got: its extraction outputs in the cache, read as the pipeline reads them
     (the stage-1 table over the sentences answered so far), and the generator's meter."""
@@ -199,7 +218,7 @@ def progress(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("speed", "run", "progress"))
+    parser.add_argument("command", choices=("speed", "run", "control", "progress"))
     parser.add_argument("--prompts", type=int, default=20, help="speed: prompts per backend")
     parser.add_argument("--backend", choices=("hf", "llama-cpp"), default="llama-cpp")
     parser.add_argument("--batch-size", type=int, default=10, help="prompts per HF generate call")
@@ -212,7 +231,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
     args = parser.parse_args()
-    summary = {"speed": speed, "run": run, "progress": progress}[args.command](args)
+    summary = {"speed": speed, "run": run, "control": control, "progress": progress}[args.command](args)
     if args.json:
         summary = {"command": " ".join(["python", "benchmarks/gcse_pipeline.py", *sys.argv[1:]]), **summary,
                    "machine": machine()}  # fmt: skip
