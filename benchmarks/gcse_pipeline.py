@@ -6,13 +6,15 @@
     # 2. the pipeline over the first 1,000 wiki1m sentences (resumable: every output is cached in OUT/cache)
     python benchmarks/gcse_pipeline.py run --backend llama-cpp --sentences 1000 --out runs/gcse-pipeline \\
         --json benchmarks/results/gcse-pipeline.json
+    # 3. the control: the training file with no generated text
+    python benchmarks/gcse_pipeline.py control --sentences 1000 --out runs/gcse-pipeline
 
 ``run`` writes OUT/sentences.txt (the input sentences, what unsupervised SimCSE trains on for comparison),
 OUT/train.jsonl (``sent0``, ``sent1``, ``hard_neg``: what ``recipes/gcse-generated-cpu.yaml`` trains on),
-OUT/provenance.jsonl (one record per row) and the stage table. ``control`` writes OUT/control.jsonl, what the
-pipeline gives when no generation is usable (each sentence as its own positive, the sentence six rows on as
-its negative): GCSE trained on it is the row that says what the generated text adds. Tokens are counted with SmolLM2's own tokenizer
-over the outputs, and tokens/s over the time spent inside the generator (cache hits excluded).
+OUT/provenance.jsonl (one record per row) and the stage table. Tokens are counted with SmolLM2's own tokenizer
+over the outputs, and tokens/s over the time spent inside the generator (cache hits excluded). ``control``
+writes OUT/control.jsonl, what the pipeline gives when no generation is usable (each sentence its own
+positive, the sentence six rows on its negative): GCSE trained on it says what the generated text adds.
 """
 
 from __future__ import annotations
@@ -150,8 +152,8 @@ def run(args) -> dict:
         if server is not None:
             server.terminate()
             server.wait()
-    (out / "train.jsonl").write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows))
-    (out / "provenance.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.provenance))
+    write_text(out / "train.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows))
+    write_text(out / "provenance.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.provenance))
     summary = {"sentences": len(rows), "backend": args.backend, "threads": args.threads, "encoder": args.encoder,
                "sampling": vars(sampling) | {"stop": list(sampling.stop)},
                "extract_max_new_tokens": args.extract_max_new_tokens, "stages": result.stages,
