@@ -6,7 +6,9 @@
     # 2. the pipeline over the first 1,000 wiki1m sentences (resumable: every output is cached in OUT/cache)
     python benchmarks/gcse_pipeline.py run --backend llama-cpp --sentences 1000 --out runs/gcse-pipeline \\
         --json benchmarks/results/gcse-pipeline.json
-    # 3. the control: the training file with no generated text
+    # 3. where the finished run's positives and hard negatives come from (its provenance records)
+    python benchmarks/gcse_pipeline.py sources --out runs/gcse-pipeline
+    # 4. the control: the training file with no generated text
     python benchmarks/gcse_pipeline.py control --sentences 1000 --out runs/gcse-pipeline
 
 ``run`` writes OUT/sentences.txt (the input sentences, what unsupervised SimCSE trains on for comparison),
@@ -181,6 +183,19 @@ def control(args) -> dict:
     return {"sentences": len(rows), "rows": len(triplets)}
 
 
+def sources(args) -> dict:
+    """Where the columns of a finished run's rows come from, over the rows of the input sentences (the rows of
+    unpicked samples left out), read from OUT/provenance.jsonl: ``{column: {"from[/kind]": rows}}``."""
+    from collections import Counter
+
+    records = [json.loads(line) for line in (Path(args.out) / "provenance.jsonl").open(encoding="utf-8")]
+    rows = [r["columns"] for r in records if r["columns"]["sent0"]["from"] == "sentence"]
+    counts = {column: dict(Counter("/".join(filter(None, (row[column]["from"], row[column].get("kind")))) for row in rows).most_common())
+              for column in ("sent1", "hard_neg")}  # fmt: skip
+    print(json.dumps({"rows": len(rows), **counts}, indent=1))
+    return {"rows": len(rows), **counts}
+
+
 def progress(args) -> dict:
     """How far an interrupted ``run`` got: its extraction outputs in the cache, read as the pipeline reads them
     (the stage-1 table over the sentences answered so far), and the generator's meter."""
@@ -220,7 +235,7 @@ def progress(args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=("speed", "run", "control", "progress"))
+    parser.add_argument("command", choices=("speed", "run", "control", "sources", "progress"))
     parser.add_argument("--prompts", type=int, default=20, help="speed: prompts per backend")
     parser.add_argument("--backend", choices=("hf", "llama-cpp"), default="llama-cpp")
     parser.add_argument("--batch-size", type=int, default=10, help="prompts per HF generate call")
@@ -233,7 +248,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json")
     args = parser.parse_args()
-    summary = {"speed": speed, "run": run, "control": control, "progress": progress}[args.command](args)
+    summary = {"speed": speed, "run": run, "control": control, "sources": sources, "progress": progress}[args.command](args)
     if args.json:
         summary = {"command": " ".join(["python", "benchmarks/gcse_pipeline.py", *sys.argv[1:]]), **summary,
                    "machine": machine()}  # fmt: skip
