@@ -112,6 +112,10 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(str(smollm2_gguf().parent), gguf_file=smollm2_gguf().name)
 
 
+def jsonl(records) -> str:
+    return "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+
+
 def sentences(count: int) -> list[str]:
     lines = (line.strip() for line in WIKI.open(encoding="utf-8"))
     return list(itertools.islice((line for line in lines if line), count))
@@ -154,8 +158,8 @@ def run(args) -> dict:
         if server is not None:
             server.terminate()
             server.wait()
-    write_text(out / "train.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in result.rows))
-    write_text(out / "provenance.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.provenance))
+    write_text(out / "train.jsonl", jsonl(result.rows))
+    write_text(out / "provenance.jsonl", jsonl(result.provenance))
     summary = {"sentences": len(rows), "backend": args.backend, "threads": args.threads, "encoder": args.encoder,
                "sampling": vars(sampling) | {"stop": list(sampling.stop)},
                "extract_max_new_tokens": args.extract_max_new_tokens, "stages": result.stages,
@@ -176,9 +180,7 @@ def control(args) -> dict:
     rows = sentences(args.sentences)
     triplets = denoise(rows, [[] for _ in rows])
     path = Path(args.out) / "control.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text(path, "".join(json.dumps({"sent0": t.sent0, "sent1": t.sent1, "hard_neg": t.hard_neg}, ensure_ascii=False) + "\n"
-                             for t in triplets))  # fmt: skip
+    write_text(path, jsonl({"sent0": t.sent0, "sent1": t.sent1, "hard_neg": t.hard_neg} for t in triplets))
     print(f"wrote {len(triplets)} rows to {path}")
     return {"sentences": len(rows), "rows": len(triplets)}
 
@@ -192,8 +194,9 @@ def sources(args) -> dict:
     rows = [r["columns"] for r in records if r["columns"]["sent0"]["from"] == "sentence"]
     counts = {column: dict(Counter("/".join(filter(None, (row[column]["from"], row[column].get("kind")))) for row in rows).most_common())
               for column in ("sent1", "hard_neg")}  # fmt: skip
-    print(json.dumps({"rows": len(rows), **counts}, indent=1))
-    return {"rows": len(rows), **counts}
+    summary = {"rows": len(rows), **counts}
+    print(json.dumps(summary, indent=1))
+    return summary
 
 
 def progress(args) -> dict:

@@ -93,8 +93,8 @@ def prompt_seed(seed: int, prompt: Prompt) -> int:
     """The sampling seed of one prompt: a digest of the run's ``seed`` and the prompt's messages (below 2**31).
 
     A server seeds its sampler per request, so one seed for every request gives every prompt the same random
-    stream, and the draws of different prompts move together (a llama.cpp PTEB draw at seed 1 rewrote nearly
-    every sentence at twice its length, where seeds 0 and 2 mostly kept the words). A seed per prompt keeps
+    stream, and the draws of different prompts move together (three llama.cpp PTEB draws of all-MiniLM-L6-v2
+    scored 88.45, 65.09 and 85.41; with a seed per prompt five draws spread 81.68–86.66). A seed per prompt keeps
     each output a function of the prompt and the sampling, as the cache assumes, while the prompts' draws stay
     independent."""
     record = json.dumps({"seed": seed, "messages": as_messages(prompt)}, sort_keys=True, ensure_ascii=False)
